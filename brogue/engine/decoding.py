@@ -1,0 +1,100 @@
+"""Batched greedy decoding of one streaming step, for CTC and RNNT heads.
+
+Both decoders take the encoder output of a batch of streams for one chunk and return, per row, the
+new tokens with their encoder-frame index and confidence (the token's probability), plus the blank
+probability of every frame, which endpointing reads. Greedy decoding is what NeMo's streaming uses
+(``conformer_stream_step``); the results are token-for-token the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import make_session
+
+
+@dataclass
+class Decoded:
+    """New output of one stream for one chunk (frame indices are relative to the chunk)."""
+
+    tokens: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    blank_probs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+
+
+def ctc_greedy(logprobs: np.ndarray, lengths: np.ndarray, last_tokens: np.ndarray, blank: int) -> list[Decoded]:
+    """Greedy CTC over ``logprobs [B, T, V+1]``: argmax, collapse repeats (also across chunks via
+    ``last_tokens``, updated in place), drop blanks."""
+    best = logprobs.argmax(axis=-1)
+    out = []
+    for b in range(logprobs.shape[0]):
+        n = int(lengths[b])
+        d = Decoded(blank_probs=np.exp(logprobs[b, :n, blank]).astype(np.float32))
+        prev = int(last_tokens[b])
+        for t in range(n):
+            k = int(best[b, t])
+            if k != blank and k != prev:
+                d.tokens.append(k)
+                d.frames.append(t)
+                d.confidences.append(float(np.exp(logprobs[b, t, k])))
+            prev = k
+        if n:
+            last_tokens[b] = prev
+        out.append(d)
+    return out
+
+
+class RNNTGreedy:
+    """Batched greedy RNNT: frame by frame, up to ``max_symbols`` tokens per frame, decoder and joint
+    run once per symbol step for all rows that still emit."""
+
+    def __init__(self, model_dir: Path, rnnt: dict, blank: int, provider: str = "cpu", threads: int = 0):
+        self.decoder = make_session(Path(model_dir) / rnnt["decoder"], provider, threads)
+        self.joint = make_session(Path(model_dir) / rnnt["joint"], provider, threads)
+        self.layers = int(rnnt["pred_rnn_layers"])
+        self.hidden = int(rnnt["pred_hidden"])
+        self.max_symbols = int(rnnt["max_symbols"])
+        self.blank = blank
+
+    def initial_state(self, batch: int):
+        """Decoder output and LSTM state after the start symbol (blank), for ``batch`` rows."""
+        h = np.zeros((self.layers, batch, self.hidden), dtype=np.float32)
+        return self._predict(np.full(batch, self.blank, dtype=np.int64), h, h.copy())
+
+    def _predict(self, targets, h, c):
+        g, h2, c2 = self.decoder.run(None, {"targets": targets, "h": h, "c": c})
+        return g, h2, c2
+
+    def __call__(self, encoded: np.ndarray, lengths: np.ndarray, state) -> list[Decoded]:
+        """Decode ``encoded [B, T, D]``; ``state = (dec_out [B,H], h [L,B,H], c [L,B,H], last [B])``
+        is updated in place."""
+        g, h, c, last = state
+        B = encoded.shape[0]
+        out = [Decoded(blank_probs=np.zeros(int(lengths[b]), dtype=np.float32)) for b in range(B)]
+        for t in range(int(lengths.max(initial=0))):
+            rows = np.nonzero(lengths > t)[0]
+            for symbol in range(self.max_symbols):
+                if rows.size == 0:
+                    break
+                logp = self.joint.run(None, {"encoder_frame": np.ascontiguousarray(encoded[rows, t]),
+                                            "decoder_output": g[rows]})[0]
+                k = logp.argmax(axis=-1)
+                if symbol == 0:
+                    for i, b in enumerate(rows):
+                        out[b].blank_probs[t] = np.exp(logp[i, self.blank])
+                emit = k != self.blank
+                rows, k, logp = rows[emit], k[emit], logp[emit]
+                if rows.size == 0:
+                    break
+                for i, b in enumerate(rows):
+                    out[b].tokens.append(int(k[i]))
+                    out[b].frames.append(t)
+                    out[b].confidences.append(float(np.exp(logp[i, k[i]])))
+                g2, h2, c2 = self._predict(k.astype(np.int64), h[:, rows], c[:, rows])
+                g[rows], h[:, rows], c[:, rows] = g2, h2, c2
+                last[rows] = k
+        return out

@@ -1,0 +1,210 @@
+"""The streaming engine: many streams, each with its own adapter slot, stepped in batches.
+
+:class:`StreamingRunner` is the reference implementation of Brogue's data path, in numpy and ONNX
+Runtime only. The Triton model ``asr_streaming`` wraps it; benchmarks and ``brogue eval`` call it in
+process. One :meth:`StreamingRunner.step` takes new audio for any set of streams and
+
+1. turns it into log-mel frames per stream (:class:`~brogue.audio.mel.StreamingMel`);
+2. cuts encoder chunks exactly as NeMo does (:class:`~brogue.engine.stream.StreamState`);
+3. runs the encoder once per (latency, first/steady) group, for all streams with a ready chunk,
+   each row reading its own bank slot through ``adapter_ids``;
+4. decodes greedily (CTC, or batched RNNT) and returns the new tokens per stream.
+
+A stream that has several chunks ready (a large packet) takes one round per chunk; everything else
+in a round is one batched run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brogue.audio.mel import StreamingMel, _Kernel
+
+from .decoding import Decoded, RNNTGreedy, ctc_greedy
+from .encoder import BankTensors, Encoder
+from .metadata import ModelMeta
+from .stream import StreamState
+from .vocab import Detokenizer
+
+
+@dataclass
+class StepOutput:
+    """What one stream produced in one :meth:`StreamingRunner.step` (times in seconds from its start)."""
+
+    tokens: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    blank_probs: list[float] = field(default_factory=list)  # one per new encoder frame
+    text: str = ""  # detokenized new tokens (pieces joined; leading word marks become spaces)
+    finished: bool = False  # the stream's last chunk has been decoded
+    outputs: list = field(default_factory=list)  # per chunk head outputs [T, *], if keep_outputs
+
+
+@dataclass
+class RunnerStats:
+    """Counters of batched encoder runs (for checking that batches mix streams and adapters)."""
+
+    runs: int = 0
+    rows: int = 0
+    max_rows: int = 0
+    mixed_adapter_runs: int = 0
+    max_adapters_in_run: int = 0
+
+    def record(self, ids: np.ndarray) -> None:
+        n, k = len(ids), len(set(ids.tolist()))
+        self.runs += 1
+        self.rows += n
+        self.max_rows = max(self.max_rows, n)
+        self.mixed_adapter_runs += k > 1
+        self.max_adapters_in_run = max(self.max_adapters_in_run, k)
+
+
+class StreamingRunner:
+    """Streams over one exported model: ``open`` streams, ``step`` them, ``close`` them.
+
+    ``slots``: bank depth (slot 0 is the base model); write adapters with ``bank.write``.
+    ``provider``: ONNX Runtime execution provider, "cpu", "cuda" or "tensorrt".
+    """
+
+    def __init__(self, model_dir: str | Path, *, slots: int = 1, provider: str = "cpu", threads: int = 0,
+                 keep_outputs: bool = False):
+        self.keep_outputs = keep_outputs
+        self.meta = ModelMeta.load(model_dir)
+        self.bank = BankTensors.for_model(self.meta, slots)
+        self.encoder = Encoder(self.meta, self.bank, provider, threads)
+        self.detok = Detokenizer(self.meta.tokens, self.meta.vocab_kind)
+        self.blank = self.meta.blank_id
+        self._mel_kernel = _Kernel(self.meta.mel)
+        self.rnnt = None
+        if self.meta.head == "rnnt":
+            self.rnnt = RNNTGreedy(self.meta.root, self.meta.rnnt, self.blank, provider, threads)
+            self._rnnt_start = self.rnnt.initial_state(1)
+        self.stats = RunnerStats()
+        ch, tm = self.meta.cache_shapes
+        self._zero_channel = np.zeros(ch, dtype=np.float32)
+        self._zero_time = np.zeros(tm, dtype=np.float32)
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def open(self, stream_id, *, slot: int = 0, latency: str | None = None) -> StreamState:
+        """A new stream reading bank ``slot``, at ``latency`` (a name from model.json, or the default)."""
+        if not 0 <= slot < self.bank.slots:
+            raise ValueError(f"slot {slot} out of range 0..{self.bank.slots - 1}")
+        lat = self.meta.latency(latency)
+        st = StreamState(
+            stream_id=stream_id,
+            latency=lat,
+            mel=StreamingMel(self.meta.mel, self._mel_kernel),
+            slot=slot,
+            cache_last_channel=self._zero_channel.copy(),
+            cache_last_time=self._zero_time.copy(),
+        )
+        if self.rnnt is not None:
+            g, h, c = self._rnnt_start
+            st.dec_out, st.h, st.c = g[0].copy(), h[:, 0].copy(), c[:, 0].copy()
+            st.last_token = self.blank
+        return st
+
+    # -- stepping --------------------------------------------------------------------------------
+
+    def step(self, work) -> dict:
+        """Feed ``work``, an iterable of ``(state, float32 samples, end_of_stream)``, and run every
+        chunk that becomes ready. Returns ``{stream_id: StepOutput}`` for the streams in ``work``."""
+        outputs = {}
+        states = []
+        for st, samples, end in work:
+            st.add_audio(np.asarray(samples, dtype=np.float32), end=end)
+            outputs[st.stream_id] = StepOutput()
+            states.append(st)
+        while True:
+            groups: dict[tuple[str, bool], list] = {}
+            for st in states:
+                chunk = st.next_chunk()
+                if chunk is not None:
+                    groups.setdefault((st.latency.name, chunk.first), []).append((st, chunk))
+            if not groups:
+                break
+            for (_, first), rows in groups.items():
+                self._run_group(first, rows, outputs)
+        for st in states:
+            outputs[st.stream_id].finished = st.finished
+        return outputs
+
+    def _run_group(self, first: bool, rows, outputs) -> None:
+        lat = rows[0][0].latency
+        B = len(rows)
+        T = max(ch.features.shape[1] for _, ch in rows)
+        n_mels = rows[0][1].features.shape[0]
+        feats = np.zeros((B, n_mels, T), dtype=np.float32)
+        lengths = np.empty(B, dtype=np.int64)
+        for i, (_, ch) in enumerate(rows):
+            feats[i, :, : ch.features.shape[1]] = ch.features
+            lengths[i] = ch.features.shape[1]
+        states = [st for st, _ in rows]
+        ids = np.array([st.slot for st in states], dtype=np.int64)
+        out, out_len, cch, ctm, clen = self.encoder.run(
+            lat, first, feats, lengths,
+            np.stack([st.cache_last_channel for st in states]),
+            np.stack([st.cache_last_time for st in states]),
+            np.array([st.cache_len for st in states], dtype=np.int64),
+            ids,
+        )
+        self.stats.record(ids)
+        # NeMo keeps at most valid_out_len frames per chunk, except for the last chunk.
+        n_out = np.array([int(out_len[i]) if ch.final else min(int(out_len[i]), lat.valid_out_len)
+                          for i, (_, ch) in enumerate(rows)], dtype=np.int64)
+        decoded = self._decode(out, n_out, states)
+        fs = self.meta.frame_seconds
+        for i, (st, ch) in enumerate(rows):
+            st.cache_last_channel, st.cache_last_time, st.cache_len = cch[i], ctm[i], int(clen[i])
+            d: Decoded = decoded[i]
+            o = outputs[st.stream_id]
+            o.tokens += d.tokens
+            o.times += [round((st.frames_out + f) * fs, 4) for f in d.frames]
+            o.confidences += d.confidences
+            o.blank_probs += d.blank_probs.tolist()
+            o.text += self.detok.delta(d.tokens)
+            if self.keep_outputs:
+                o.outputs.append(out[i, : n_out[i]].copy())
+            st.tokens += d.tokens
+            st.frames_out += int(n_out[i])
+            st.advance(ch)
+
+    def _decode(self, out: np.ndarray, n_out: np.ndarray, states) -> list[Decoded]:
+        if self.rnnt is None:
+            last = np.array([st.last_token for st in states], dtype=np.int64)
+            res = ctc_greedy(out, n_out, last, self.blank)
+            for st, tok in zip(states, last):
+                st.last_token = int(tok)
+            return res
+        g = np.stack([st.dec_out for st in states])
+        h = np.stack([st.h for st in states], axis=1)
+        c = np.stack([st.c for st in states], axis=1)
+        last = np.array([st.last_token for st in states], dtype=np.int64)
+        res = self.rnnt(out, n_out, (g, h, c, last))
+        for i, st in enumerate(states):
+            st.dec_out, st.h, st.c, st.last_token = g[i], h[:, i], c[:, i], int(last[i])
+        return res
+
+    # -- convenience -----------------------------------------------------------------------------
+
+    def transcribe(self, audios, slots=None, *, packet: int | None = None, latency: str | None = None,
+                   on_step=None):
+        """Stream whole utterances (float32, model rate) in lock-step packets; return their final
+        states (``.tokens``). ``on_step`` receives each step's outputs.
+
+        ``packet``: samples per step (default: one steady chunk of audio). Used by tests and eval.
+        """
+        slots = slots or [0] * len(audios)
+        lat = self.meta.latency(latency)
+        packet = packet or lat.shift_size[1] * self.meta.mel.hop_length
+        states = [self.open(i, slot=s, latency=latency) for i, s in enumerate(slots)]
+        for pos in range(0, max(len(a) for a in audios) + 1, packet):
+            res = self.step([(st, a[pos : pos + packet], pos + packet >= len(a))
+                             for st, a in zip(states, audios) if not st.ended])
+            if on_step is not None:
+                on_step(res)
+        return states

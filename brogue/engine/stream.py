@@ -1,0 +1,126 @@
+"""The state of one stream inside the engine, and how its audio becomes encoder chunks.
+
+NeMo's ``CacheAwareStreamingAudioBuffer`` cuts the log-mel of an utterance into encoder chunks:
+
+- the first chunk is ``chunk_size[0]`` frames, with ``pre_encode_cache_size[0]`` (zero) frames of
+  pre-encode context and nothing dropped after subsampling (the "first" graph);
+- each later chunk is ``pre_encode_cache_size[1]`` frames of already-seen context followed by
+  ``shift_size[1]`` new frames (the "steady" graph, which drops ``drop_extra_pre_encoded`` frames);
+- at the end, a shorter last chunk is encoded if it holds at least ``sampling_frames`` new frames.
+
+NeMo's buffer takes *every* STFT frame of the utterance: ``len // hop + 1`` with ``center=True``,
+the last of which the preprocessor masks to ``pad_value``. The stream appends that frame at its end
+too, so that the last chunk equals NeMo's.
+
+:class:`StreamState` does the same incrementally, as audio arrives: :meth:`StreamState.next_chunk`
+returns the next chunk once enough frames exist (or the stream has ended), so that the chunks, and
+therefore the tokens, equal NeMo's for the whole utterance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from brogue.audio.mel import StreamingMel
+
+from .metadata import Latency
+
+
+@dataclass
+class Chunk:
+    """One encoder input row: ``features [n_mels, T]`` and whether it uses the first-chunk graph."""
+
+    features: np.ndarray
+    first: bool
+    final: bool
+    new_frames: int  # frames of new audio in ``features`` (the rest is pre-encode context)
+
+
+@dataclass
+class StreamState:
+    """Everything the engine keeps for one stream between calls.
+
+    Encoder caches are batch-free: ``cache_last_channel [L, C, d]``, ``cache_last_time [L, d, K]``.
+    Decoder state: ``last_token`` (CTC: the last frame's argmax, for collapsing repeats across
+    chunks; RNNT: the last emitted token, blank at start) and, for RNNT, the LSTM ``h``/``c`` and the
+    prediction-network output ``dec_out`` for the current state.
+    """
+
+    stream_id: object
+    latency: Latency
+    mel: StreamingMel
+    slot: int
+    cache_last_channel: np.ndarray
+    cache_last_time: np.ndarray
+    cache_len: int = 0
+    last_token: int = -1
+    h: np.ndarray | None = None
+    c: np.ndarray | None = None
+    dec_out: np.ndarray | None = None
+    frames: np.ndarray = field(default=None)  # mel frames not yet consumed, plus pre-encode context
+    consumed: int = 0  # mel frames already encoded (not counting context)
+    chunks_done: int = 0
+    frames_out: int = 0  # encoder frames produced so far (for token times)
+    ended: bool = False  # no more audio will come
+    finished: bool = False  # the final chunk has been encoded
+    last_active: float = field(default_factory=time.monotonic)
+    tokens: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.frames is None:
+            self.frames = np.zeros((self.mel.cfg.n_mels, 0), dtype=np.float32)
+
+    def add_audio(self, samples: np.ndarray, end: bool = False) -> None:
+        """Feed float samples (model rate); ``end`` closes the stream after them."""
+        if self.ended:
+            raise RuntimeError(f"stream {self.stream_id}: audio after end of stream")
+        new = [self.mel.accept(samples)] if len(samples) else []
+        if end:
+            new.append(self.mel.flush())
+            new.append(np.full((self.mel.cfg.n_mels, 1), self.mel.cfg.pad_value, dtype=np.float32))
+            self.ended = True
+        if new:
+            self.frames = np.concatenate([self.frames, *new], axis=1)
+        self.last_active = time.monotonic()
+
+    def _context(self) -> int:
+        """Frames of pre-encode context kept at the head of ``frames`` (none before the first chunk)."""
+        return 0 if self.chunks_done == 0 else min(self.latency.pre_encode_cache_size[1], self.consumed)
+
+    def next_chunk(self) -> Chunk | None:
+        """The next encoder chunk, or None until enough audio arrives (or the stream is done)."""
+        if self.finished:
+            return None
+        lat = self.latency
+        first = self.chunks_done == 0
+        ctx = self._context()
+        new = self.frames.shape[1] - ctx
+        size = lat.chunk_size[0] if first else lat.shift_size[1]
+        if new > size or (new == size and not self.ended):
+            take, final = size, False
+        elif self.ended:
+            take, final = new, True  # the last chunk (full or short)
+            if take < lat.sampling_frames[0 if first else 1]:
+                self.finished = True  # NeMo drops a tail too short to give one output frame
+                return None
+        else:
+            return None
+        want_ctx = lat.pre_encode_cache_size[0 if first else 1]
+        feats = self.frames[:, : ctx + take]
+        if want_ctx > ctx:
+            pad = np.zeros((feats.shape[0], want_ctx - ctx), dtype=np.float32)
+            feats = np.concatenate([pad, feats], axis=1)
+        return Chunk(features=np.ascontiguousarray(feats), first=first, final=final, new_frames=take)
+
+    def advance(self, chunk: Chunk) -> None:
+        """Drop the frames that ``chunk`` consumed, keeping the pre-encode context for the next one."""
+        ctx = self._context()
+        self.consumed += chunk.new_frames
+        self.chunks_done += 1
+        keep = min(self.latency.pre_encode_cache_size[1], self.consumed)
+        self.frames = self.frames[:, ctx + chunk.new_frames - keep :]
+        if chunk.final:
+            self.finished = True

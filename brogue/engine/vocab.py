@@ -1,0 +1,55 @@
+"""Token ids to text, for character vocabularies and SentencePiece pieces, without SentencePiece.
+
+SentencePiece marks a word start with ``▁`` (U+2581) and may fall back to byte pieces ``<0xNN>``;
+decoding joins the pieces, turns the marks into spaces and the byte pieces into UTF-8. This equals
+``SentencePieceProcessor.decode`` for the ids a greedy ASR decoder emits (no control pieces).
+"""
+
+from __future__ import annotations
+
+import re
+
+_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+WORD_MARK = "\u2581"
+
+
+class Detokenizer:
+    """Decode token ids of one vocabulary (``kind`` "char" or "sentencepiece")."""
+
+    def __init__(self, tokens: list[str], kind: str):
+        if kind not in ("char", "sentencepiece"):
+            raise ValueError(f"unknown vocabulary kind {kind!r}")
+        self.tokens = tokens
+        self.kind = kind
+        self._bytes = {i: int(m.group(1), 16) for i, t in enumerate(tokens) if (m := _BYTE.match(t))}
+
+    def pieces(self, ids) -> list[str]:
+        return [self.tokens[i] for i in ids]
+
+    def decode(self, ids) -> str:
+        """Text of a whole token sequence (leading and trailing spaces stripped)."""
+        if self.kind == "char":
+            return "".join(self.tokens[i] for i in ids).strip()
+        out, pending = [], bytearray()
+        for i in ids:
+            if i in self._bytes:
+                pending.append(self._bytes[i])
+                continue
+            if pending:
+                out.append(pending.decode("utf-8", errors="replace"))
+                pending = bytearray()
+            out.append(self.tokens[i])
+        if pending:
+            out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out).replace(WORD_MARK, " ").strip()
+
+    def delta(self, ids) -> str:
+        """Text of tokens appended to a stream, not stripped: concatenating the deltas of a stream
+        and stripping the result gives :meth:`decode` of all its tokens (byte pieces aside)."""
+        text = "".join(self.tokens[i] for i in ids)
+        return text.replace(WORD_MARK, " ") if self.kind == "sentencepiece" else text
+
+    def starts_word(self, token_id: int) -> bool:
+        """Whether this token begins a new word (for word timing)."""
+        t = self.tokens[token_id]
+        return t.startswith(WORD_MARK) if self.kind == "sentencepiece" else t == " "

@@ -1,0 +1,511 @@
+"""Run NVIDIA Triton Inference Server for a Brogue model repository.
+
+Two ways to serve the same ``model_repo``:
+
+* **CPU hosts, no Docker:** :class:`TritonProcess` runs the ``tritonserver`` binary (2.51) that the
+  PyPI wheel ``nvidia-pytriton`` carries, with its python backend. The installed package is never
+  modified: each instance builds a private backends folder of symlinks in its own run folder.
+* **GPU hosts:** :func:`docker_command` returns the equivalent ``docker run`` of NVIDIA's Triton
+  container (24.10 = server 2.51), see ``docs/deploy-gpu.md``.
+
+Facts this module relies on, measured with nvidia-pytriton 0.7.0 on hosts without GPU: the
+python backend's stub must sit in ``<backend-directory>/python/``; it needs ``nvidia_pytriton.libs``
+and the interpreter's ``libpython3.x.so.1.0`` on ``LD_LIBRARY_PATH``, and finds the venv's packages
+only when ``PATH`` starts with the venv's ``bin/``. A stub that cannot start makes a model load hang
+instead of fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import importlib.util
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+"""NVIDIA's Triton container matching the bundled server version (2.51)."""
+
+CONTAINER_PACKAGES = ("numpy<2", "safetensors>=0.4", "onnxruntime-gpu>=1.18")
+"""What the python-backend models import inside the container, besides ``brogue`` itself.
+
+``brogue`` is installed with ``--no-deps`` so that its CPU ``onnxruntime`` requirement does not
+shadow ``onnxruntime-gpu`` (both provide the ``onnxruntime`` module)."""
+
+_LOG_TAIL_LINES = 40
+
+
+class TritonNotFound(RuntimeError):
+    """The ``tritonserver`` binary bundled by ``nvidia-pytriton`` is not installed."""
+
+
+class TritonServerError(RuntimeError):
+    """``tritonserver`` exited, or it or its models did not become ready in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BundledServer:
+    """Paths of the Triton server that ``nvidia-pytriton`` installs in site-packages.
+
+    Attributes:
+        binary: ``pytriton/tritonserver/bin/tritonserver``.
+        python_backend: ``pytriton/tritonserver/backends/python`` (``libtriton_python.so`` and
+            ``triton_python_backend_utils.py``; the wheel ships no stub there).
+        stub: ``pytriton/tritonserver/python_backend_stubs/<X.Y>/triton_python_backend_stub`` for
+            the running interpreter's version.
+        libs: ``nvidia_pytriton.libs``, the shared libraries of the server and the stub.
+    """
+
+    binary: Path
+    python_backend: Path
+    stub: Path
+    libs: Path
+
+    def make_backend_directory(self, dest: Path) -> Path:
+        """Create ``dest/python/`` with symlinks to the python backend's three files.
+
+        Returns ``dest``, to pass as ``--backend-directory``.
+        """
+        python_dir = dest / "python"
+        python_dir.mkdir(parents=True, exist_ok=True)
+        for source in (
+            self.python_backend / "libtriton_python.so",
+            self.python_backend / "triton_python_backend_utils.py",
+            self.stub,
+        ):
+            (python_dir / source.name).symlink_to(source)
+        return dest
+
+    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Return the environment for ``tritonserver``: ``base`` (default ``os.environ``) with
+
+        * ``LD_LIBRARY_PATH`` starting with ``libs`` and the interpreter's ``LIBDIR`` (where
+          ``libpython3.x.so.1.0`` lives; otherwise the stub picks the system's copy);
+        * ``PATH`` starting with ``sys.prefix/bin``, so the stub's embedded Python finds the
+          packages of this interpreter's environment (``PYTHONPATH`` alone does not work).
+        """
+        env = dict(os.environ if base is None else base)
+        libdir = sysconfig.get_config_var("LIBDIR")
+        env["LD_LIBRARY_PATH"] = _prepend(env.get("LD_LIBRARY_PATH"), str(self.libs), libdir)
+        env["PATH"] = _prepend(env.get("PATH"), str(Path(sys.prefix) / "bin"))
+        return env
+
+
+def find_bundled_server() -> BundledServer:
+    """Locate the server installed by ``nvidia-pytriton`` for the running interpreter.
+
+    Raises:
+        TritonNotFound: ``pytriton`` is not importable, or one of the files is missing (for
+            example no stub for this Python version).
+    """
+    hint = "install it with `pip install nvidia-pytriton` (or `pip install 'brogue[serve]'`)"
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotFound(f"the tritonserver binary comes with nvidia-pytriton, not installed: {hint}")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    root = package / "tritonserver"
+    server = BundledServer(
+        binary=root / "bin" / "tritonserver",
+        python_backend=root / "backends" / "python",
+        stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        libs=package.parent / "nvidia_pytriton.libs",
+    )
+    missing = [str(path) for path in dataclasses.astuple(server) if not path.exists()]
+    if missing:
+        raise TritonNotFound(
+            f"incomplete nvidia-pytriton install for Python {version}, missing: "
+            f"{', '.join(missing)}; {hint}"
+        )
+    return server
+
+
+class TritonProcess:
+    """A ``tritonserver`` child process serving ``model_repository`` on loopback ports.
+
+    Use as a context manager (``with TritonProcess(repo) as server: ...``) or call :meth:`start`
+    and :meth:`stop`. ``start()`` returns ``self``, so ``with TritonProcess(repo).start(timeout=120)``
+    sets a custom timeout.
+
+    The server runs in its own process group with ``--model-control-mode=explicit``, loading only
+    ``models`` (all models of the repository when ``models`` is None). Each instance has its own
+    run folder (backends folder and, unless ``log_file`` is given, ``tritonserver.log``) and a
+    unique python-backend shared-memory prefix, so several instances run side by side.
+
+    Args:
+        model_repository: the Triton model repository folder.
+        models: names of the models to load, or None for all.
+        grpc_port, http_port, metrics_port: ports; a free one is chosen for each that is None.
+        host: the IPv4 address the three endpoints listen on.
+        log_verbose: ``--log-verbose`` level.
+        extra_args: further ``tritonserver`` arguments, appended last.
+        log_file: where the server's stdout and stderr go; default: the run folder, removed by
+            :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        model_repository: str | os.PathLike[str],
+        *,
+        models: Sequence[str] | None = ("asr_streaming",),
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        host: str = "127.0.0.1",
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.models = None if models is None else tuple(models)
+        self.host = host
+        self.grpc_port, self.http_port, self.metrics_port = _free_ports(
+            host, (grpc_port, http_port, metrics_port)
+        )
+        self.log_verbose = log_verbose
+        self.extra_args = tuple(extra_args)
+        self.log_file = None if log_file is None else Path(log_file)
+        self.shm_prefix = f"brogue_{os.getpid()}_{os.urandom(4).hex()}_"
+        self._run_dir: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        """``host:port`` of the gRPC endpoint, as ``tritonclient.grpc`` takes it."""
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port`` of the HTTP/REST endpoint (``tritonclient.http`` takes it without
+        the scheme)."""
+        return f"http://{self._client_host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """``http://host:port/metrics``, the Prometheus metrics."""
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server, or None before :meth:`start` and after :meth:`stop`."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def log_path(self) -> Path:
+        """The server's stdout and stderr: ``log_file``, else ``tritonserver.log`` in the run folder.
+
+        Raises RuntimeError when ``log_file`` is None and the server is not started."""
+        if self.log_file is not None:
+            return self.log_file
+        if self._run_dir is None:
+            raise RuntimeError("no run folder: the server is not started")
+        return self._run_dir / "tritonserver.log"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host == "0.0.0.0" else self.host
+
+    def _command(self, binary: Path, backend_directory: Path) -> list[str]:
+        """The ``tritonserver`` command line, with the flags that work on a host without GPU."""
+        loads = ["*"] if self.models is None else self.models
+        return [
+            str(binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backend_directory}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={name}" for name in loads),
+            "--backend-config=python,shm-default-byte-size=4194304",
+            "--backend-config=python,shm-growth-byte-size=4194304",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--cuda-memory-pool-byte-size=0:0",
+            "--exit-timeout-secs=10",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 60.0) -> TritonProcess:
+        """Launch the server and wait until it and the requested models are ready.
+
+        Raises:
+            TritonNotFound: no bundled server (see :func:`find_bundled_server`).
+            TritonServerError: the server exited, or was not ready within ``timeout`` seconds
+                (then it is stopped). The message carries the tail of the server log.
+        """
+        if self._process is not None:
+            raise RuntimeError("this TritonProcess is already started")
+        bundle = find_bundled_server()
+        self._run_dir = Path(tempfile.mkdtemp(prefix="brogue-triton-"))
+        try:
+            backends = bundle.make_backend_directory(self._run_dir / "backends")
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "wb") as log:
+                self._process = subprocess.Popen(
+                    self._command(bundle.binary, backends),
+                    env=bundle.environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches us, not the server; stop() handles it
+                )
+            self._wait_ready(self._process, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait(self) -> int:
+        """Block until the server exits; return its exit code."""
+        if self._process is None:
+            raise RuntimeError("this TritonProcess is not started")
+        return self._process.wait()
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the server and clean up after it; safe to call more than once.
+
+        Sends SIGINT (Triton's graceful shutdown, bounded by ``--exit-timeout-secs=10``), then
+        SIGTERM after ``grace`` seconds, then SIGKILL to its whole process group 5 s later. Then
+        kills any python stub left in the group, removes the instance's ``/dev/shm/<prefix>*``
+        files and its run folder.
+        """
+        process, self._process = self._process, None
+        if process is not None:
+            for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0)):
+                if process.poll() is None:
+                    process.send_signal(sig)
+                    try:
+                        process.wait(wait)
+                    except subprocess.TimeoutExpired:
+                        pass
+            _kill_group(process.pid)
+            process.wait()
+        for path in glob.glob(f"/dev/shm/{glob.escape(self.shm_prefix)}*"):
+            Path(path).unlink(missing_ok=True)
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines of the server log ("" when there is none yet)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except (OSError, RuntimeError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> TritonProcess:
+        return self if self._process is not None else self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        # Short reconnect backoff: the port opens only after the models are loaded.
+        client = grpcclient.InferenceServerClient(
+            self.grpc_url,
+            channel_args=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 500),
+            ],
+        )
+        try:
+            while True:
+                code = process.poll()
+                if code is not None:
+                    raise TritonServerError(
+                        f"tritonserver exited with code {code} before it was ready; "
+                        f"log tail:\n{self.log_tail()}"
+                    )
+                if self._ready(client):
+                    return
+                if time.monotonic() > deadline:
+                    waiting_for = "all models" if self.models is None else ", ".join(self.models)
+                    raise TritonServerError(
+                        f"tritonserver or its models ({waiting_for}) not ready after {timeout:g} s: "
+                        "a slow model needs a longer timeout, and a python-backend model whose stub "
+                        "cannot start (missing library, wrong Python) makes the load hang instead of "
+                        "fail. Log tail:\n"
+                        f"{self.log_tail()}"
+                    )
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+    def _ready(self, client: grpcclient.InferenceServerClient) -> bool:
+        try:
+            return client.is_server_ready(client_timeout=1.0) and all(
+                client.is_model_ready(name, client_timeout=1.0) for name in self.models or ()
+            )
+        except InferenceServerException:
+            return False
+
+
+def docker_command(
+    model_repository: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    image: str = DEFAULT_IMAGE,
+    gpus: str | None = "all",
+    models: Sequence[str] | None = ("asr_streaming",),
+    grpc_port: int = 8001,
+    http_port: int = 8000,
+    metrics_port: int = 8002,
+    shm_size: str = "1g",
+    install: bool = True,
+) -> list[str]:
+    """The ``docker run`` of NVIDIA's Triton container equivalent to :class:`TritonProcess`.
+
+    The Brogue checkout ``source`` (the folder with ``pyproject.toml``; default: the checkout this
+    module is imported from) is mounted read-only at ``/workspace``. ``model_repository`` is served
+    from its place under ``/workspace`` when it lies inside ``source``, else it is mounted read-only
+    at ``/models``.
+
+    With ``install`` (the default), the container first copies ``/workspace`` without ``.git``,
+    ``.venv`` and the model repository to ``/tmp/brogue`` (setuptools builds in the source tree,
+    which is read-only), runs ``pip install --no-deps /tmp/brogue`` and installs
+    :data:`CONTAINER_PACKAGES`; this needs network access at each start. Pass ``install=False``
+    with an ``image`` that already holds them (built ``FROM`` :data:`DEFAULT_IMAGE`).
+
+    Args:
+        gpus: the value of ``docker run --gpus`` (``"all"``, ``"1"``, ``'"device=0,1"'``), or None
+            for no GPU.
+        models: names of the models to load, or None for all.
+        grpc_port, http_port, metrics_port: host ports published for the container's 8001, 8000
+            and 8002.
+        shm_size: ``--shm-size``; the python backend exchanges tensors through ``/dev/shm``.
+
+    Raises:
+        ValueError: ``install`` is set and ``source`` has no ``pyproject.toml``.
+    """
+    source_dir = Path(source).resolve() if source is not None else Path(__file__).resolve().parents[1]
+    repository = Path(model_repository).resolve()
+    if install and not (source_dir / "pyproject.toml").is_file():
+        raise ValueError(f"{source_dir} is not a brogue checkout (no pyproject.toml); pass source=")
+    mounts = ["-v", f"{source_dir}:/workspace:ro"]
+    if repository.is_relative_to(source_dir):
+        relative = repository.relative_to(source_dir)
+        container_repository = f"/workspace/{relative.as_posix()}"
+        excludes = [".git", ".venv", f"./{relative.as_posix()}"]
+    else:
+        mounts += ["-v", f"{repository}:/models:ro"]
+        container_repository = "/models"
+        excludes = [".git", ".venv"]
+    loads = ["*"] if models is None else models
+    serve = [
+        "tritonserver",
+        f"--model-repository={container_repository}",
+        "--model-control-mode=explicit",
+        *(f"--load-model={name}" for name in loads),
+    ]
+    command = ["docker", "run", "--rm", "--init"]
+    if gpus is not None:
+        command += ["--gpus", gpus]
+    command += [
+        f"--shm-size={shm_size}",
+        "-p", f"{http_port}:8000",
+        "-p", f"{grpc_port}:8001",
+        "-p", f"{metrics_port}:8002",
+        *mounts,
+    ]
+    if not install:
+        return [*command, image, *serve]
+    setup = " && ".join(
+        [
+            "mkdir -p /tmp/brogue",
+            "tar -C /workspace " + " ".join(f"--exclude={shlex.quote(e)}" for e in excludes)
+            + " -cf - . | tar -C /tmp/brogue -xf -",
+            "pip install --no-cache-dir --no-deps /tmp/brogue",
+            "pip install --no-cache-dir " + shlex.join(CONTAINER_PACKAGES),
+            "exec " + shlex.join(serve),
+        ]
+    )
+    # PIP_BREAK_SYSTEM_PACKAGES: the container's Python may be marked externally managed (PEP 668).
+    return [*command, "-e", "PIP_BREAK_SYSTEM_PACKAGES=1", image, "bash", "-c", "set -eo pipefail; " + setup]
+
+
+def serve_forever(model_repository: str | os.PathLike[str], *, timeout: float = 60.0, **kwargs: Any) -> None:
+    """Run :class:`TritonProcess` until Ctrl-C or SIGTERM, then stop it cleanly.
+
+    ``kwargs`` go to :class:`TritonProcess`, ``timeout`` to :meth:`TritonProcess.start`. Prints
+    the endpoints, the log file and, when run from a checkout, the equivalent
+    :func:`docker_command` for GPU hosts. Call it from the main thread (it handles SIGTERM).
+
+    Raises:
+        TritonServerError: the server did not start, or exited on its own (with its log tail).
+    """
+    server = TritonProcess(model_repository, **kwargs)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        server.start(timeout=timeout)
+        print(f"Triton ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}")
+        print(f"server log: {server.log_path}")
+        try:
+            docker = shlex.join(docker_command(model_repository, models=server.models))
+            print(f"on a GPU host, the same repository in NVIDIA's container:\n  {docker}")
+        except ValueError:
+            pass  # brogue is installed, not run from a checkout: no source to mount
+        print("Ctrl-C to stop.", flush=True)
+        code = server.wait()
+        raise TritonServerError(f"tritonserver exited with code {code}; log tail:\n{server.log_tail()}")
+    except KeyboardInterrupt:
+        print("stopping tritonserver...", flush=True)
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _prepend(current: str | None, *entries: str) -> str:
+    return os.pathsep.join([*entries, *([current] if current else [])])
+
+
+def _free_ports(host: str, wanted: Sequence[int | None]) -> tuple[int, ...]:
+    """``wanted`` with each None replaced by a distinct free TCP port of ``host``."""
+    sockets = []
+    try:
+        ports = []
+        for port in wanted:
+            if port is None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+            ports.append(port)
+        return tuple(ports)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of the server's process group (its python stubs)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
