@@ -55,10 +55,15 @@ def load_adapter_file(path: str | Path) -> dict:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError or zipfile errors
-        msg = str(e).splitlines()[0]
-        code = "unsafe" if "weights_only" in str(e) or "Unsupported global" in str(e) else "truncated"
-        raise AdapterError(code, f"{path}: not a loadable NeMo adapter file ({msg})") from None
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError or zipfile errors
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            what = f"a pickled {found[1]}" if found else "a pickled object"
+            raise AdapterError("unsafe", f"{path}: holds {what}, which is not an allowed adapter or config "
+                                         "class; refused without unpickling it") from None
+        msg = (text.splitlines() or [type(e).__name__])[0]  # an empty file gives a bare EOFError()
+        raise AdapterError("truncated", f"{path}: not a loadable NeMo adapter file ({msg})") from None
     if not isinstance(data, dict) or not any(k != "__cfg__" for k in data):
         raise AdapterError("manifest", f"{path}: not a NeMo save_adapters file (no adapter entries)")
     return data
@@ -160,9 +165,10 @@ def adapters_from_model(model) -> dict[str, dict[str, np.ndarray]]:
         layer = int(k.split(".")[2])
         items.append((layer, k, v))
     cfgs = model.cfg.get("adapters", {}) if "adapters" in model.cfg else {}
-    per_name = _collect(items, "model")
-    for n in per_name:
+    # The config first: it says what is wrong (e.g. norm_position) better than unexpected tensor names do.
+    for n in sorted({k.split(".")[4] for _, k, _ in items}):
         _check_cfg(cfgs.get(n), n, "model")
+    per_name = _collect(items, "model")
     return {n: _stack(p, n_layers, d_model, "model") for n, p in per_name.items()}
 
 

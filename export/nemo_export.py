@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -128,7 +127,6 @@ def mel_config(model) -> MelConfig:
         highfreq=float(pcfg.get("highfreq") or fz.sample_rate / 2),
         mag_power=float(fz.mag_power),
         log_guard=float(guard),
-        pad_value=float(getattr(fz, "pad_value", 0.0)),
     )
     fb_err = float(np.abs(fz.fb[0].numpy() - mel_filterbank(mel)).max())
     if fb_err > 1e-6:
@@ -395,14 +393,10 @@ def export_model(
         hooks.remove()
 
     tokenizer_file = None
-    if vocab["kind"] == "sentencepiece":
-        src = Path(model.tokenizer.tokenizer_path) if hasattr(model.tokenizer, "tokenizer_path") else None
-        if src is None or not src.is_file():
-            src = Path(getattr(model.tokenizer, "model_path", ""))
-        if src.is_file():
-            shutil.copyfile(src, out / "tokenizer.model")
-            tokenizer_file = "tokenizer.model"
-            files.append(tokenizer_file)
+    if vocab["kind"] == "sentencepiece":  # the model proto itself, wherever NeMo loaded it from
+        (out / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
+        tokenizer_file = "tokenizer.model"
+        files.append(tokenizer_file)
 
     meta = {
         "format": MODEL_FORMAT,

@@ -1,8 +1,8 @@
 """NeMo's own PyTorch inference, as the reference the exported graphs must reproduce.
 
 ``nemo_streaming`` is the loop of NeMo's ``speech_to_text_cache_aware_streaming_infer.py``: NeMo's
-``CacheAwareStreamingAudioBuffer`` cuts the utterance and ``conformer_stream_step`` decodes each
-chunk greedily. ``nemo_offline`` runs the whole utterance through the model at once.
+``CacheAwareStreamingAudioBuffer`` cuts the utterance's valid log-mel frames and
+``conformer_stream_step`` decodes each chunk greedily. ``nemo_offline`` runs the whole utterance through the model at once.
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ def nemo_streaming(model, audio: np.ndarray):
     enc = model.encoder
     enc.setup_streaming_params()
     buf = CacheAwareStreamingAudioBuffer(model=model, online_normalization=False)
-    buf.append_audio(audio, stream_id=-1)
+    # append_audio would also feed the STFT frame past len // hop that the preprocessor masks (it
+    # changes the whole last chunk); give the buffer only the valid frames, as offline decoding sees.
+    feats, flen = buf.preprocess_audio(audio)
+    buf.append_processed_signal(feats[:, :, : int(flen[0])], stream_id=-1)
     ch, tm, ln = enc.get_initial_cache_state(batch_size=1)
     ctc = _serves_ctc(model)
     blank = (model.ctc_decoder if hasattr(model, "ctc_decoder") else model.decoder).num_classes_with_blank - 1 \

@@ -387,8 +387,9 @@ def publish_adapter(store_root: str | os.PathLike, arrays: Mapping[str, Any], *,
     time raises ``FileExistsError``).
     """
     if version is None:
-        tensors = {key: _as_float32(key, value) for key, value in arrays.items()}
-        validate_arrays(tensors)
+        origin = f"arrays for adapter {name!r}"
+        tensors = {key: _as_float32(key, value, origin) for key, value in arrays.items()}
+        validate_arrays(tensors, origin=origin)
         version = _default_version(hashlib.sha256(serialize_numpy(tensors)).hexdigest())
     ref = AdapterRef(name, version)  # validates both before they become path components
     return write_adapter(Path(store_root) / ref.name / ref.version, arrays, name=name, version=version, **fields)

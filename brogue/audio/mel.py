@@ -42,7 +42,6 @@ class MelConfig:
     mag_power: float = 2.0
     log_guard: float = 2.0**-24  # log_zero_guard_value with log_zero_guard_type "add"
     window: str = "hann"
-    pad_value: float = 0.0  # value of the masked STFT frame past len // hop
 
     @classmethod
     def from_dict(cls, d: dict) -> "MelConfig":

@@ -65,7 +65,8 @@ class RunnerStats:
 class StreamingRunner:
     """Streams over one exported model: ``open`` streams, ``step`` them, ``close`` them.
 
-    ``slots``: bank depth (slot 0 is the base model); write adapters with ``bank.write``.
+    ``slots``: bank depth (slot 0 is the base model); write adapters with ``bank.write``. A stream
+    whose ``slot`` is negative (its adapter is still loading) buffers audio but runs no chunk.
     ``provider``: ONNX Runtime execution provider, "cpu", "cuda" or "tensorrt".
     """
 
@@ -122,6 +123,8 @@ class StreamingRunner:
         while True:
             groups: dict[tuple[str, bool], list] = {}
             for st in states:
+                if st.slot < 0:  # adapter still loading: audio is buffered, chunks wait
+                    continue
                 chunk = st.next_chunk()
                 if chunk is not None:
                     groups.setdefault((st.latency.name, chunk.first), []).append((st, chunk))

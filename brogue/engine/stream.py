@@ -8,9 +8,10 @@ NeMo's ``CacheAwareStreamingAudioBuffer`` cuts the log-mel of an utterance into 
   ``shift_size[1]`` new frames (the "steady" graph, which drops ``drop_extra_pre_encoded`` frames);
 - at the end, a shorter last chunk is encoded if it holds at least ``sampling_frames`` new frames.
 
-NeMo's buffer takes *every* STFT frame of the utterance: ``len // hop + 1`` with ``center=True``,
-the last of which the preprocessor masks to ``pad_value``. The stream appends that frame at its end
-too, so that the last chunk equals NeMo's.
+Only the ``len // hop`` valid frames are used. (NeMo's ``CacheAwareStreamingAudioBuffer.append_audio``
+also feeds the one extra STFT frame that its preprocessor masks to ``pad_value``; through chunk
+attention that frame changes the whole last chunk, so NeMo's streaming output then differs from its
+offline output. Brogue streams what offline decoding sees.)
 
 :class:`StreamState` does the same incrementally, as audio arrives: :meth:`StreamState.next_chunk`
 returns the next chunk once enough frames exist (or the stream has ended), so that the chunks, and
@@ -80,7 +81,6 @@ class StreamState:
         new = [self.mel.accept(samples)] if len(samples) else []
         if end:
             new.append(self.mel.flush())
-            new.append(np.full((self.mel.cfg.n_mels, 1), self.mel.cfg.pad_value, dtype=np.float32))
             self.ended = True
         if new:
             self.frames = np.concatenate([self.frames, *new], axis=1)

@@ -1,7 +1,8 @@
 """Token ids to text, for character vocabularies and SentencePiece pieces, without SentencePiece.
 
 SentencePiece marks a word start with ``▁`` (U+2581) and may fall back to byte pieces ``<0xNN>``;
-decoding joins the pieces, turns the marks into spaces and the byte pieces into UTF-8. This equals
+decoding joins the pieces, turns the marks into spaces, the byte pieces into UTF-8 and the unknown
+piece into " ⁇ ". This equals
 ``SentencePieceProcessor.decode`` for the ids a greedy ASR decoder emits (no control pieces).
 """
 
@@ -11,6 +12,8 @@ import re
 
 _BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 WORD_MARK = "\u2581"
+# How SentencePiece writes its special pieces: unknown as " \u2047 ", controls as nothing.
+_SPECIAL = {"<unk>": " \u2047 ", "<s>": "", "</s>": "", "<pad>": ""}
 
 
 class Detokenizer:
@@ -22,6 +25,7 @@ class Detokenizer:
         self.tokens = tokens
         self.kind = kind
         self._bytes = {i: int(m.group(1), 16) for i, t in enumerate(tokens) if (m := _BYTE.match(t))}
+        self._surface = [_SPECIAL.get(t, t) for t in tokens] if kind == "sentencepiece" else tokens
 
     def pieces(self, ids) -> list[str]:
         return [self.tokens[i] for i in ids]
@@ -38,7 +42,7 @@ class Detokenizer:
             if pending:
                 out.append(pending.decode("utf-8", errors="replace"))
                 pending = bytearray()
-            out.append(self.tokens[i])
+            out.append(self._surface[i])
         if pending:
             out.append(pending.decode("utf-8", errors="replace"))
         return "".join(out).replace(WORD_MARK, " ").strip()
@@ -46,7 +50,7 @@ class Detokenizer:
     def delta(self, ids) -> str:
         """Text of tokens appended to a stream, not stripped: concatenating the deltas of a stream
         and stripping the result gives :meth:`decode` of all its tokens (byte pieces aside)."""
-        text = "".join(self.tokens[i] for i in ids)
+        text = "".join(self._surface[i] for i in ids)
         return text.replace(WORD_MARK, " ") if self.kind == "sentencepiece" else text
 
     def starts_word(self, token_id: int) -> bool:

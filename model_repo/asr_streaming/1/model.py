@@ -1,0 +1,89 @@
+"""Triton python-backend model ``asr_streaming``: a thin shell over brogue.server.streaming_model.
+
+It reads its settings from the ``parameters`` of config.pbtxt, turns each request into a
+``ChunkRequest`` (sequence controls, audio, adapter reference, latency), and each ``ChunkResult``
+into a response, or a per-request error. State, batching, adapters and decoding live in
+:class:`brogue.server.streaming_model.StreamingModel`.
+"""
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from brogue.server.streaming_model import ChunkRequest, StreamingModel
+
+
+def _scalar(request, name):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy().reshape(-1)[0]
+
+
+def _text(request, name):
+    v = _scalar(request, name)
+    return "" if v is None else (v.decode() if isinstance(v, bytes) else str(v))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        logging.basicConfig(level=logging.INFO)
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        repo = Path(args["model_repository"]).parent
+        pin = tuple(p.strip() for p in params.get("PIN_ADAPTERS", "").split(",") if p.strip())
+        self.model = StreamingModel(
+            repo / params.get("MODEL_DIR", "exported/demo"),
+            repo / params.get("ADAPTER_STORE", "adapters"),
+            slots=int(params.get("BANK_SLOTS", "8")),
+            provider=params.get("EXECUTION_PROVIDER", "cpu"),
+            threads=int(params.get("INTRA_OP_THREADS", "0")),
+            idle_timeout=float(params.get("IDLE_TIMEOUT_S", "60")),
+            max_chunk_samples=int(params.get("MAX_CHUNK_SAMPLES", "160000")),
+            pin=pin,
+        )
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="sequence-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def _sweep(self):
+        period = max(1.0, self.model.idle_timeout / 4)
+        while not self._stop.wait(period):
+            self.model.sweep_locked()
+
+    def execute(self, requests):
+        chunks = []
+        for r in requests:
+            audio = pb_utils.get_input_tensor_by_name(r, "AUDIO")
+            if audio is None:
+                audio = pb_utils.get_input_tensor_by_name(r, "AUDIO_PCM16")
+            chunks.append(ChunkRequest(
+                corrid=int(_scalar(r, "CORRID")),
+                start=bool(_scalar(r, "START")),
+                end=bool(_scalar(r, "END")),
+                audio=None if audio is None else audio.as_numpy(),
+                adapter=_text(r, "ADAPTER"),
+                latency=_text(r, "LATENCY"),
+            ))
+        responses = []
+        for res in self.model.execute(chunks):
+            if res.error is not None:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(res.error)))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("TOKENS", np.asarray([res.tokens], dtype=np.int32)),
+                pb_utils.Tensor("TOKEN_TIMES", np.asarray([res.times], dtype=np.float32)),
+                pb_utils.Tensor("CONFIDENCES", np.asarray([res.confidences], dtype=np.float32)),
+                pb_utils.Tensor("BLANK_PROBS", np.asarray([res.blank_probs], dtype=np.float32)),
+                pb_utils.Tensor("TEXT", np.asarray([[res.text.encode()]], dtype=np.object_)),
+                pb_utils.Tensor("FRAMES_DONE", np.asarray([[res.frames_done]], dtype=np.int32)),
+                pb_utils.Tensor("FINAL", np.asarray([[res.final]], dtype=np.bool_)),
+                pb_utils.Tensor("ADAPTER_READY", np.asarray([[res.adapter_ready]], dtype=np.bool_)),
+            ]))
+        return responses
+
+    def finalize(self):
+        self._stop.set()
+        self.model.close()

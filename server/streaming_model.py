@@ -1,0 +1,232 @@
+"""The logic of the Triton model ``asr_streaming``: sequences, adapters and batched steps.
+
+``model_repo/asr_streaming/1/model.py`` only converts Triton requests into :class:`ChunkRequest`\\ s
+and :class:`ChunkResult`\\ s back; everything else is here, importable and tested without Triton.
+
+Per sequence (Triton correlation id) a :class:`~brogue.engine.stream.StreamState` holds the mel
+tail, the encoder caches, the decoder state and the adapter slot (Triton's implicit state does not
+work in the python backend, so the state lives here). A START request creates it, END frees it,
+and :meth:`StreamingModel.sweep` frees sequences idle for longer than ``idle_timeout`` (Triton's
+own idle timeout does not tell the model).
+
+One :meth:`StreamingModel.execute` call takes the requests of many sequences, whatever adapters
+they use, and steps them together: one encoder run per graph needed (first chunk / steady state),
+each row reading its own bank slot.
+
+Adapters are taken from the bank without blocking (:meth:`AdapterBank.try_acquire`): a stream
+whose adapter is still loading buffers its audio and gets empty results until the adapter is in
+its slot, then catches up. Only a stream that *ends* before its adapter arrived waits for the load,
+explicitly, since its final result needs it. Each failure (unknown or corrupt adapter, a full
+bank, a request without START, bad audio) is an error for that request alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brogue.adapters import AdapterError, AdapterRef
+from brogue.engine.runner import StreamingRunner
+from brogue.engine.stream import StreamState
+
+from .adapters import AdapterBank, AdapterBankError, AdapterStore
+
+log = logging.getLogger(__name__)
+
+PENDING = -1  # slot of a stream whose adapter is still loading
+
+
+class RequestError(ValueError):
+    """A request the model refuses; the message goes back to the client."""
+
+
+@dataclass
+class ChunkRequest:
+    """One Triton request: a chunk of one sequence."""
+
+    corrid: int
+    start: bool
+    end: bool
+    audio: np.ndarray | None  # float32 in [-1, 1] or int16, 16 kHz mono
+    adapter: str = ""  # name@version, read on START; "" is the base model
+    latency: str = ""  # a latency name from model.json, read on START; "" is the default
+
+
+@dataclass
+class ChunkResult:
+    """What one request gets back."""
+
+    tokens: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    confidences: list[float] = field(default_factory=list)
+    blank_probs: list[float] = field(default_factory=list)
+    text: str = ""
+    frames_done: int = 0  # encoder frames decoded so far in this sequence
+    final: bool = False
+    adapter_ready: bool = True
+    error: str | None = None
+
+
+@dataclass
+class ModelStats:
+    executes: int = 0
+    requests: int = 0
+    max_requests_per_execute: int = 0
+    mixed_sequence_executes: int = 0
+    swept: int = 0
+    errors: int = 0
+
+
+class StreamingModel:
+    """Sequences over one exported model, an adapter store and a bank of ``slots`` slots."""
+
+    def __init__(self, model_dir: str | Path, store_dir: str | Path, *, slots: int = 8, provider: str = "cpu",
+                 threads: int = 0, idle_timeout: float = 60.0, max_chunk_samples: int = 16000 * 10,
+                 pin: tuple[str, ...] = ()):
+        self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads)
+        self.meta = self.runner.meta
+        self.store = AdapterStore(store_dir)
+        self.bank = AdapterBank(self.store, self.runner.bank, self.meta.fingerprint)
+        self.idle_timeout = idle_timeout
+        self.max_chunk_samples = max_chunk_samples
+        self.streams: dict[int, StreamState] = {}
+        self.refs: dict[int, AdapterRef | None] = {}
+        self.stats = ModelStats()
+        self.lock = threading.Lock()  # execute() and the sweeper thread
+        for ref in pin:
+            self.bank.pin(ref)
+
+    def close(self) -> None:
+        with self.lock:
+            for corrid in list(self.streams):
+                self._drop(corrid)
+        self.bank.close()
+
+    # -- one Triton execute() --------------------------------------------------------------------
+
+    def execute(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
+        with self.lock:
+            return self._execute(requests)
+
+    def _execute(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
+        self.stats.executes += 1
+        self.stats.requests += len(requests)
+        self.stats.max_requests_per_execute = max(self.stats.max_requests_per_execute, len(requests))
+        self.stats.mixed_sequence_executes += len({r.corrid for r in requests}) > 1
+        results = [ChunkResult() for _ in requests]
+        work, owners = [], []
+        for i, req in enumerate(requests):
+            try:
+                st, samples = self._admit(req)
+            except (RequestError, AdapterError, AdapterBankError, ValueError) as e:
+                results[i].error = str(e)
+                self.stats.errors += 1
+                log.info("sequence %s: %s", req.corrid, e)
+                continue
+            work.append((st, samples, req.end))
+            owners.append(i)
+        if work:
+            outputs = self.runner.step(work)
+            for (st, _, end), i in zip(work, owners):
+                o = outputs[st.stream_id]
+                r = results[i]
+                r.tokens, r.times, r.confidences, r.blank_probs, r.text = (
+                    o.tokens, o.times, o.confidences, o.blank_probs, o.text)
+                r.frames_done = st.frames_out
+                r.adapter_ready = st.slot != PENDING
+                r.final = end
+                if end:
+                    self._drop(st.stream_id)
+        self.sweep()
+        return results
+
+    def _admit(self, req: ChunkRequest) -> tuple[StreamState, np.ndarray]:
+        """Validate one request and return its stream state and float samples."""
+        samples = self._samples(req)
+        if req.start:
+            if req.corrid in self.streams:  # a restarted sequence: the old state is gone
+                self._drop(req.corrid)
+            self._open(req)
+        st = self.streams.get(req.corrid)
+        if st is None:
+            raise RequestError(f"sequence {req.corrid} has no state: send START first "
+                               f"(or it was idle longer than {self.idle_timeout:g} s and was swept)")
+        if st.slot == PENDING:
+            ref = self.refs[req.corrid]
+            try:
+                slot = self.bank.acquire(ref, stream_id=req.corrid) if req.end else \
+                    self.bank.try_acquire(ref, stream_id=req.corrid)
+            except Exception:
+                self._drop(req.corrid)
+                raise
+            st.slot = PENDING if slot is None else slot
+        return st, samples
+
+    def _open(self, req: ChunkRequest) -> None:
+        ref = AdapterRef.parse(req.adapter) if req.adapter else None
+        latency = req.latency or None
+        st = self.runner.open(req.corrid, slot=0, latency=latency)  # ValueError for an unknown latency
+        if ref is not None:
+            self.store.resolve(ref)  # an unknown adapter fails now, not on the stream's next chunk
+            slot = self.bank.try_acquire(ref, stream_id=req.corrid)  # raises at once for a full bank
+            st.slot = PENDING if slot is None else slot
+        self.streams[req.corrid] = st
+        self.refs[req.corrid] = ref
+
+    def _samples(self, req: ChunkRequest) -> np.ndarray:
+        a = req.audio
+        if a is None:
+            return np.zeros(0, dtype=np.float32)
+        a = np.asarray(a).reshape(-1)
+        if a.size > self.max_chunk_samples:
+            raise RequestError(f"chunk of {a.size} samples exceeds the limit of {self.max_chunk_samples} "
+                               f"({self.max_chunk_samples / self.meta.sample_rate:g} s)")
+        if a.dtype == np.int16:
+            return a.astype(np.float32) / 32768.0
+        if a.dtype != np.float32:
+            raise RequestError(f"audio must be float32 or int16, not {a.dtype}")
+        if not np.isfinite(a).all():
+            raise RequestError("audio contains NaN or Inf")
+        return a
+
+    # -- cleanup ---------------------------------------------------------------------------------
+
+    def _drop(self, corrid: int) -> None:
+        self.streams.pop(corrid, None)
+        self.refs.pop(corrid, None)
+        self.bank.release(corrid)
+
+    def sweep(self, now: float | None = None) -> list[int]:
+        """Free sequences idle longer than ``idle_timeout``; returns their ids."""
+        now = time.monotonic() if now is None else now
+        stale = [c for c, st in self.streams.items() if now - st.last_active > self.idle_timeout]
+        for corrid in stale:
+            log.info("sequence %s idle for %.0f s: swept", corrid, now - self.streams[corrid].last_active)
+            self._drop(corrid)
+        self.stats.swept += len(stale)
+        return stale
+
+    def sweep_locked(self) -> list[int]:
+        """Sweep under the lock (from a timer thread) and log the counters when they changed."""
+        with self.lock:
+            swept = self.sweep()
+            line = self.summary()
+        if line != getattr(self, "_last_summary", None):
+            log.info("%s", line)
+            self._last_summary = line
+        return swept
+
+    def summary(self) -> str:
+        """One line of counters: batching, adapter mixing, bank and sweeping."""
+        s, r, b = self.stats, self.runner.stats, self.bank.stats()
+        return (f"asr_streaming stats: executes={s.executes} requests={s.requests} "
+                f"max_requests_per_execute={s.max_requests_per_execute} "
+                f"mixed_sequence_executes={s.mixed_sequence_executes} encoder_runs={r.runs} "
+                f"max_rows={r.max_rows} mixed_adapter_runs={r.mixed_adapter_runs} "
+                f"max_adapters_in_run={r.max_adapters_in_run} live={len(self.streams)} swept={s.swept} "
+                f"errors={s.errors} bank_hits={b.hits} bank_misses={b.misses} bank_evictions={b.evictions}")
