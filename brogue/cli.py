@@ -98,5 +98,13 @@ def triton(
         _fail(str(e))
 
 
+@app.command()
+def demo(audio: Optional[Path] = typer.Argument(None, help="A 16 kHz WAV to stream (default: a test signal).")):
+    """Start Triton on the demo model and stream audio through the base model and an adapter."""
+    from brogue.clients.demo import run_demo
+
+    run_demo(audio, console=console.print)
+
+
 if __name__ == "__main__":
     app()

@@ -86,9 +86,10 @@ class StreamingModel:
     """Sequences over one exported model, an adapter store and a bank of ``slots`` slots."""
 
     def __init__(self, model_dir: str | Path, store_dir: str | Path, *, slots: int = 8, provider: str = "cpu",
-                 threads: int = 0, idle_timeout: float = 60.0, max_chunk_samples: int = 16000 * 10,
-                 pin: tuple[str, ...] = ()):
-        self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads)
+                 threads: int = 0, device_id: int = 0, idle_timeout: float = 60.0,
+                 max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = ()):
+        self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads,
+                                      device_id=device_id)
         self.meta = self.runner.meta
         self.store = AdapterStore(store_dir)
         self.bank = AdapterBank(self.store, self.runner.bank, self.meta.fingerprint)
@@ -131,7 +132,16 @@ class StreamingModel:
             work.append((st, samples, req.end))
             owners.append(i)
         if work:
-            outputs = self.runner.step(work)
+            try:
+                outputs = self.runner.step(work)
+            except Exception as e:  # an engine failure: fail these streams cleanly, keep the model up
+                log.exception("engine step failed for sequences %s", [st.stream_id for st, _, _ in work])
+                for (st, _, _), i in zip(work, owners):
+                    results[i].error = f"internal error, stream {st.stream_id} closed: {e}"
+                    self._drop(st.stream_id)
+                self.stats.errors += len(work)
+                work = []
+                outputs = {}
             for (st, _, end), i in zip(work, owners):
                 o = outputs[st.stream_id]
                 r = results[i]

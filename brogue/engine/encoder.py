@@ -25,8 +25,10 @@ PROVIDERS = {
 }
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int = 0) -> ort.InferenceSession:
-    """An ORT session on ``provider`` ("cpu", "cuda", "tensorrt"); fails clearly if it is unavailable."""
+def make_session(path: str | Path, provider: str = "cpu", threads: int = 0, device_id: int = 0
+                 ) -> ort.InferenceSession:
+    """An ORT session on ``provider`` ("cpu", "cuda", "tensorrt") and GPU ``device_id``; fails clearly
+    if the provider is unavailable."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown execution provider {provider!r}; choose from {sorted(PROVIDERS)}")
     wanted = PROVIDERS[provider]
@@ -38,7 +40,9 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int = 0) -> o
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=[p for p in wanted if p in available])
+    providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p
+                 for p in wanted if p in available]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
 class BankTensors:
@@ -89,14 +93,15 @@ class BankTensors:
 class Encoder:
     """Batched streaming steps of one model's encoder graphs (all latencies, both variants)."""
 
-    def __init__(self, meta: ModelMeta, bank: BankTensors, provider: str = "cpu", threads: int = 0):
+    def __init__(self, meta: ModelMeta, bank: BankTensors, provider: str = "cpu", threads: int = 0,
+                 device_id: int = 0):
         self.meta = meta
         self.bank = bank
         self._sessions: dict[str, ort.InferenceSession] = {}
         for lat in meta.latencies.values():
             for g in (lat.first_graph, lat.steady_graph):
                 if g not in self._sessions:
-                    self._sessions[g] = make_session(meta.root / g, provider, threads)
+                    self._sessions[g] = make_session(meta.root / g, provider, threads, device_id)
         self.out_name = "logprobs" if meta.head == "ctc" else "encoded"
 
     def run(self, latency: Latency, first: bool, features: np.ndarray, lengths: np.ndarray,

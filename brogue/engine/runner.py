@@ -67,21 +67,21 @@ class StreamingRunner:
 
     ``slots``: bank depth (slot 0 is the base model); write adapters with ``bank.write``. A stream
     whose ``slot`` is negative (its adapter is still loading) buffers audio but runs no chunk.
-    ``provider``: ONNX Runtime execution provider, "cpu", "cuda" or "tensorrt".
+    ``provider``: ONNX Runtime execution provider, "cpu", "cuda" or "tensorrt", on GPU ``device_id``.
     """
 
     def __init__(self, model_dir: str | Path, *, slots: int = 1, provider: str = "cpu", threads: int = 0,
-                 keep_outputs: bool = False):
+                 device_id: int = 0, keep_outputs: bool = False):
         self.keep_outputs = keep_outputs
         self.meta = ModelMeta.load(model_dir)
         self.bank = BankTensors.for_model(self.meta, slots)
-        self.encoder = Encoder(self.meta, self.bank, provider, threads)
+        self.encoder = Encoder(self.meta, self.bank, provider, threads, device_id)
         self.detok = Detokenizer(self.meta.tokens, self.meta.vocab_kind)
         self.blank = self.meta.blank_id
         self._mel_kernel = _Kernel(self.meta.mel)
         self.rnnt = None
         if self.meta.head == "rnnt":
-            self.rnnt = RNNTGreedy(self.meta.root, self.meta.rnnt, self.blank, provider, threads)
+            self.rnnt = RNNTGreedy(self.meta.root, self.meta.rnnt, self.blank, provider, threads, device_id)
             self._rnnt_start = self.rnnt.initial_state(1)
         self.stats = RunnerStats()
         ch, tm = self.meta.cache_shapes

@@ -40,6 +40,7 @@ class TritonPythonModel:
             slots=int(params.get("BANK_SLOTS", "8")),
             provider=params.get("EXECUTION_PROVIDER", "cpu"),
             threads=int(params.get("INTRA_OP_THREADS", "0")),
+            device_id=int(args.get("model_instance_device_id", "0") or 0),
             idle_timeout=float(params.get("IDLE_TIMEOUT_S", "60")),
             max_chunk_samples=int(params.get("MAX_CHUNK_SAMPLES", "160000")),
             pin=pin,

@@ -1,0 +1,104 @@
+"""StreamingModel (the logic of asr_streaming) in process: sequences, adapters, sweeping, errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from brogue.engine.runner import StreamingRunner
+from brogue.server.streaming_model import ChunkRequest, StreamingModel
+from conftest import speechlike
+
+pytestmark = pytest.mark.nemo
+
+
+@pytest.fixture
+def model(tiny_repo):
+    m = StreamingModel(tiny_repo.model_dir, tiny_repo.store_dir, slots=3, idle_timeout=30)
+    yield m
+    m.close()
+
+
+def reference(tiny_repo, audio, name=None):
+    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
+    if name:
+        a = tiny_repo.arrays[name]
+        runner.bank.write(1, a["ln_weight"], a["ln_bias"], a["down"], a["up"])
+    return runner.transcribe([audio], [1 if name else 0])[0].tokens
+
+
+def play(model, streams, packet=5000):
+    """Step several (corrid, audio, adapter) streams in lock-step batches; return tokens per corrid."""
+    tokens = {c: [] for c, _, _ in streams}
+    ready = {c: [] for c, _, _ in streams}
+    for pos in range(0, max(len(a) for _, a, _ in streams), packet):
+        reqs = [ChunkRequest(c, pos == 0, pos + packet >= len(a), a[pos:pos + packet], adapter=ref)
+                for c, a, ref in streams if pos < len(a)]
+        for req, res in zip(reqs, model.execute(reqs)):
+            assert res.error is None, res.error
+            tokens[req.corrid] += res.tokens
+            ready[req.corrid].append(res.adapter_ready)
+    return tokens, ready
+
+
+def test_batched_sequences_with_adapters_equal_the_reference(model, tiny_repo):
+    rng = np.random.default_rng(0)
+    streams = [(1, speechlike(rng, 2.5), ""), (2, speechlike(rng, 3.0), tiny_repo.refs["scot"]),
+               (3, speechlike(rng, 1.7), tiny_repo.refs["carib"])]
+    tokens, ready = play(model, streams)
+    for c, a, ref in streams:
+        assert tokens[c] == reference(tiny_repo, a, ref.split("@")[0] if ref else None), c
+    assert all(ready[c][-1] for c in ready)
+    assert model.stats.mixed_sequence_executes > 0 and model.runner.stats.mixed_adapter_runs > 0
+    assert not model.streams and all(info.refcount == 0 for info in model.bank.snapshot().values())
+
+
+def test_a_stream_buffers_while_its_adapter_loads(model, tiny_repo):
+    """The first request starts the load and returns at once; the stream catches up afterwards."""
+    audio = speechlike(np.random.default_rng(1), 2.0)
+    first = model.execute([ChunkRequest(7, True, False, audio[:16000], adapter=tiny_repo.refs["med"])])[0]
+    assert first.error is None
+    got = list(first.tokens)
+    if not first.adapter_ready:
+        assert first.tokens == []
+        time.sleep(0.2)
+    rest = model.execute([ChunkRequest(7, False, True, audio[16000:])])[0]
+    assert rest.final and rest.adapter_ready
+    assert got + rest.tokens == reference(tiny_repo, audio, "med")
+
+
+def test_sweep_frees_idle_sequences_and_their_bank_slots(model, tiny_repo):
+    audio = speechlike(np.random.default_rng(2), 1.0)
+    model.execute([ChunkRequest(9, True, False, audio, adapter=tiny_repo.refs["scot"])])
+    model.bank.acquire(tiny_repo.refs["scot"], stream_id=9)  # wait for the load
+    assert 9 in model.streams
+    assert model.sweep(now=time.monotonic() + 31) == [9]
+    assert 9 not in model.streams
+    assert all(info.refcount == 0 for info in model.bank.snapshot().values())
+    (res,) = model.execute([ChunkRequest(9, False, False, audio)])
+    assert "send START first" in res.error
+
+
+def test_bad_requests_fail_alone(model, tiny_repo):
+    audio = speechlike(np.random.default_rng(3), 1.0)
+    nan = audio.copy()
+    nan[3] = np.inf
+    reqs = [
+        ChunkRequest(20, True, True, audio),  # fine
+        ChunkRequest(21, False, False, audio),  # no START
+        ChunkRequest(22, True, False, np.zeros(16000 * 11, np.float32)),  # too long
+        ChunkRequest(23, True, False, nan),  # Inf
+        ChunkRequest(24, True, False, audio.astype(np.float64)),  # wrong dtype
+        ChunkRequest(25, True, False, audio, adapter="not a ref"),  # malformed reference
+        ChunkRequest(26, True, False, audio, adapter="nosuch@v1"),  # unknown adapter
+        ChunkRequest(27, True, False, audio, latency="1_2"),  # unknown latency
+    ]
+    res = model.execute(reqs)
+    assert res[0].error is None and res[0].final
+    expected = ["send START first", "exceeds the limit", "NaN or Inf", "float32 or int16", "invalid adapter",
+                "nosuch", "unknown latency"]
+    for r, text in zip(res[1:], expected):
+        assert r.error and text in r.error, (text, r.error)
+    assert not model.streams  # nothing half-open is left behind
