@@ -93,9 +93,9 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: dict, *, fp16: bool = 
 
 def build_plans(model_dir: str | Path, *, max_batch: int = 64, slots: int = 16, fp16: bool = False) -> list[Path]:
     """Build a plan beside every encoder graph of an exported model; record them in model.json."""
+    _tensorrt()  # fail before doing anything when TensorRT cannot build here
     root = Path(model_dir)
     meta = json.loads((root / "model.json").read_text())
-    _tensorrt()  # fail before doing anything when TensorRT cannot build here
     built = []
     for lat in meta["latencies"]:
         plans = {}
