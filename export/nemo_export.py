@@ -160,9 +160,10 @@ def vocabulary(model, head: str) -> dict:
         tokens = [sp.id_to_piece(i) for i in range(tok.vocab_size)]
         kind = "sentencepiece"
     else:
-        labels = model.decoder.vocabulary if head == "ctc" and model_head(model) == "ctc" else None
-        if labels is None:
-            labels = model.ctc_decoder.vocabulary if head == "ctc" else model.joint.vocabulary
+        if head == "rnnt":
+            labels = model.joint.vocabulary
+        else:
+            labels = (model.ctc_decoder if model_head(model) == "hybrid" else model.decoder).vocabulary
         tokens = list(labels)
         kind = "char"
     return {"kind": kind, "tokens": tokens, "blank_id": len(tokens)}
@@ -285,6 +286,36 @@ def latency_settings(encoder, mel: MelConfig) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _positions_for_streaming(encoder, latencies: list[dict]):
+    """Trim the relative-position table to what one streaming step can index.
+
+    NeMo sizes it for ``pos_emb_max_len`` (5000 frames: a 2 x 5000 x d constant, 7 MB at d=176, in
+    every graph). A streaming step sees at most the attention cache plus one chunk's frames.
+    """
+    pos = encoder.pos_enc
+    if type(pos).__name__ not in ("RelPositionalEncoding", "PositionalEncoding"):
+        yield
+        return
+    factor = int(encoder.subsampling_factor)
+    longest = max(max(l["chunk_size"][0] + l["pre_encode_cache_size"][0], l["shift_size"][1] +
+                      l["pre_encode_cache_size"][1]) for l in latencies)
+    n = max(l["last_channel_cache_size"] for l in latencies) + longest // factor + 2
+    original = pos.pe
+    if type(pos).__name__ == "RelPositionalEncoding":
+        positions = torch.arange(n - 1, -n, -1, dtype=torch.float32).unsqueeze(1)
+    else:
+        positions = torch.arange(0, n, dtype=torch.float32).unsqueeze(1)
+    if positions.size(0) >= original.size(1):
+        yield
+        return
+    pos.create_pe(positions=positions, dtype=original.dtype)
+    try:
+        yield
+    finally:
+        pos.pe = original
+
+
 def _cache_shapes(encoder) -> tuple[list[int], list[int]]:
     ch, tm, _ = encoder.get_initial_cache_state(batch_size=1)
     # NeMo returns [L, B, ...]; the graphs are batch-first, shapes given without the batch axis.
@@ -308,7 +339,8 @@ def export_model(
 
     ``head``: for a hybrid model, "ctc" or "rnnt" (default: the model's current decoder); for others
     it must match the model or be None. ``max_adapter_dim``: the bank's adapter dim r (adapters with
-    a smaller dim are zero-padded; larger ones are refused when loaded).
+    a smaller dim are zero-padded; larger ones are refused when loaded). A live model is changed in
+    place: eval mode, its NeMo adapters disabled, export-friendly module replacements.
     """
     from brogue.engine.metadata import write_metadata
 
@@ -358,14 +390,20 @@ def export_model(
     default_ctx = [int(x) for x in enc.att_context_size]
     latencies = []
     checks = {"front_end_max_abs_diff": mel_err}
+    contexts = [list(map(int, c)) for c in enc.att_context_size_all]
+    for ctx in contexts:
+        enc.set_default_att_context_size(ctx)
+        latencies.append(latency_settings(enc, mel))
     try:
-        with _exporting(model):
-            for ctx in [list(map(int, c)) for c in enc.att_context_size_all]:
+        with _exporting(model), _positions_for_streaming(enc, latencies):
+            for ctx, lat in zip(contexts, latencies):
                 enc.set_default_att_context_size(ctx)
-                lat = latency_settings(enc, mel)
+                enc.setup_streaming_params()
                 lat["graphs"] = {}
                 for variant in ("first", "steady"):
-                    if variant == "first" and lat["drop_extra_pre_encoded"] == 0 and lat["pre_encode_cache_size"][0] == lat["pre_encode_cache_size"][1]:
+                    same = lat["drop_extra_pre_encoded"] == 0 and \
+                        lat["pre_encode_cache_size"][0] == lat["pre_encode_cache_size"][1]
+                    if variant == "first" and same:  # the steady graph serves the first chunk too
                         continue
                     fname = f"encoder{'_first' if variant == 'first' else ''}.{lat['name']}.onnx"
                     drop = lat["drop_extra_pre_encoded"]
@@ -381,7 +419,6 @@ def export_model(
                     files.append(fname)
                 if "first" not in lat["graphs"]:
                     lat["graphs"]["first"] = lat["graphs"]["steady"]
-                latencies.append(lat)
             enc.set_default_att_context_size(default_ctx)
             enc.setup_streaming_params()
 
