@@ -99,11 +99,66 @@ def triton(
 
 
 @app.command()
+def serve(
+    model_repository: Path = typer.Option(DEFAULT_MODEL_REPO, help="Triton model repository."),
+    tenants: Path = typer.Option(DEFAULT_MODEL_REPO / "tenants.toml", help="Tenants file (TOML)."),
+    triton_url: list[str] = typer.Option([], help="Use running Triton instance(s) (host:port, repeatable) "
+                                                  "instead of starting the bundled one."),
+    model_dir: Optional[Path] = typer.Option(None, help="Exported model (default: MODEL_REPOSITORY/exported/demo)."),
+    host: str = typer.Option("127.0.0.1", help="Address of the public ports."),
+    http_port: int = typer.Option(8080, help="WebSocket /v1/stream, browser page, /metrics."),
+    grpc_port: int = typer.Option(50051, help="Riva-compatible gRPC and health."),
+    admin_host: str = typer.Option("127.0.0.1", help="Address of the admin gRPC port (loopback by default)."),
+    admin_port: int = typer.Option(50052, help="Admin gRPC."),
+    tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate: serve TLS on every port."),
+    tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert."),
+    log_level: str = typer.Option("INFO"),
+):
+    """Start Triton (bundled, or --triton-url) and the gateway: WebSocket, Riva gRPC, admin, metrics."""
+    import logging
+
+    from brogue.server.app import Listen, serve as serve_gateway
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_gateway(model_repository, tenants=tenants, triton_urls=triton_url, model_dir=model_dir,
+                  listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key))
+
+
+@app.command()
 def demo(audio: Optional[Path] = typer.Argument(None, help="A 16 kHz WAV to stream (default: a test signal).")):
     """Start Triton on the demo model and stream audio through the base model and an adapter."""
     from brogue.clients.demo import run_demo
 
     run_demo(audio, console=console.print)
+
+
+def _recipe(name: str):
+    """Import ``recipes/NAME.py`` (the demo model's recipe lives beside the package, not in it)."""
+    import importlib.util
+
+    path = REPO / "recipes" / f"{name}.py"
+    if not path.exists():
+        _fail(f"{path} not found: the recipes ship with the source tree")
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"brogue_recipe_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # so that worker processes can unpickle its functions
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@app.command()
+def corpus(
+    out: Path = typer.Option(..., "--out", help="Data folder (outside the repo, e.g. /work/data)."),
+    seed: int = typer.Option(0, help="Random seed (sentences, voices, speeds)."),
+    workers: int = typer.Option(2, help="Parallel synthesis workers."),
+    scale: float = typer.Option(1.0, help="Multiply every set's size (e.g. 0.1 for a quick try)."),
+):
+    """Synthesise the demo corpus (installs its apt packages): base, accent, medical sets + test splits."""
+    summary = _recipe("corpus").build(out, seed=seed, workers=workers, scale=scale, log=console.print)
+    hours = sum(v["hours"] for k, v in summary.items() if not k.startswith("_"))
+    console.print(f"corpus in {out}: {hours:.2f} h in all")
 
 
 if __name__ == "__main__":

@@ -9,29 +9,14 @@ benchmarks; the gateway talks to Triton with the asyncio client instead.
 from __future__ import annotations
 
 import queue
-from dataclasses import dataclass, field
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from brogue.asr_io import ChunkReply, parse_reply, request_inputs
 
-@dataclass
-class ChunkReply:
-    tokens: list[int] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
-    blank_probs: list[float] = field(default_factory=list)
-    text: str = ""
-    frames_done: int = 0
-    final: bool = False
-    adapter_ready: bool = True
-
-
-def _input(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    t = grpcclient.InferInput(name, list(value.shape), dtype)
-    t.set_data_from_numpy(value)
-    return t
+__all__ = ["ChunkReply", "TritonSequence"]
 
 
 class TritonSequence:
@@ -54,16 +39,8 @@ class TritonSequence:
         ``InferenceServerException`` with the server's message when the request fails.
         """
         start = (not self.started) if start is None else start
-        audio = np.asarray(audio)
-        if input_name is None:
-            input_name = "AUDIO_PCM16" if audio.dtype == np.int16 else "AUDIO"
-        dtype = {np.dtype(np.float32): "FP32", np.dtype(np.int16): "INT16", np.dtype(np.int32): "INT32",
-                 np.dtype(np.float64): "FP64"}[audio.dtype]
-        inputs = [_input(input_name, audio.reshape(1, -1), dtype)]
-        if start and self.adapter:
-            inputs.append(_input("ADAPTER", np.array([[self.adapter.encode()]], dtype=np.object_), "BYTES"))
-        if start and self.latency:
-            inputs.append(_input("LATENCY", np.array([[self.latency.encode()]], dtype=np.object_), "BYTES"))
+        inputs = request_inputs(audio, start=start, adapter=self.adapter, latency=self.latency,
+                                input_name=input_name)
         self.client.async_stream_infer(self.model, inputs, sequence_id=self.corrid, sequence_start=start,
                                        sequence_end=end)
         self.started = True
@@ -73,16 +50,7 @@ class TritonSequence:
             raise TimeoutError(f"sequence {self.corrid}: no reply within {self.timeout} s") from None
         if error is not None:
             raise error if isinstance(error, InferenceServerException) else InferenceServerException(str(error))
-        return ChunkReply(
-            tokens=result.as_numpy("TOKENS").reshape(-1).tolist(),
-            times=result.as_numpy("TOKEN_TIMES").reshape(-1).tolist(),
-            confidences=result.as_numpy("CONFIDENCES").reshape(-1).tolist(),
-            blank_probs=result.as_numpy("BLANK_PROBS").reshape(-1).tolist(),
-            text=result.as_numpy("TEXT").reshape(-1)[0].decode(),
-            frames_done=int(result.as_numpy("FRAMES_DONE").reshape(-1)[0]),
-            final=bool(result.as_numpy("FINAL").reshape(-1)[0]),
-            adapter_ready=bool(result.as_numpy("ADAPTER_READY").reshape(-1)[0]),
-        )
+        return parse_reply(result)
 
     def close(self) -> None:
         try:

@@ -80,3 +80,115 @@ def speechlike(rng, seconds: float) -> np.ndarray:
     n = int(seconds * 16000)
     env = np.repeat(rng.uniform(0.0, 0.3, size=n // 1600 + 1), 1600)[:n]
     return (rng.standard_normal(n) * env).astype(np.float32)
+
+
+# -- a real tritonserver and a real gateway (`brogue serve`) on loopback ----------------------------
+
+DEMO_KEYS = {"base": "key-base-0000", "scot": "key-scot-1111", "carib": "key-carib-2222"}
+ADMIN_TOKEN = "admin-token-9999"
+
+
+def write_tenants(path: Path, refs: dict, max_streams: int = 4) -> None:
+    from brogue.server.tenants import key_hash
+
+    lines = [f'admin_token_sha256 = "{key_hash(ADMIN_TOKEN)}"', ""]
+    for tenant, key in DEMO_KEYS.items():
+        adapter = refs.get(tenant, "")
+        lines += [f"[tenants.{tenant}]", f'api_keys_sha256 = ["{key_hash(key)}"]', f'adapter = "{adapter}"',
+                  f"max_streams = {max_streams}", "max_stream_seconds = 600", ""]
+    path.write_text("\n".join(lines))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningGateway:
+    triton: object
+    process: object
+    http_port: int
+    grpc_port: int
+    admin_port: int
+    tenants_file: Path
+    log_file: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/v1/stream"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+def start_gateway(repo: TinyRepo, triton_url: str, tmp: Path, extra=()) -> RunningGateway:
+    """`brogue serve --triton-url ...` as a subprocess; waits until its ports answer."""
+    import subprocess
+    import sys
+    import time as _time
+    import urllib.request
+
+    tenants = tmp / "tenants.toml"
+    if not tenants.exists():
+        write_tenants(tenants, repo.refs)
+    http, grpc_port, admin = free_port(), free_port(), free_port()
+    log_file = tmp / f"gateway-{http}.log"
+    cmd = [sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(repo.root), "--tenants", str(tenants),
+           "--triton-url", triton_url, "--http-port", str(http), "--grpc-port", str(grpc_port),
+           "--admin-port", str(admin), *extra]
+    proc = subprocess.Popen(cmd, stdout=log_file.open("w"), stderr=subprocess.STDOUT)
+    scheme = "https" if "--tls-cert" in extra else "http"
+    deadline = _time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_file.read_text()[-3000:]}")
+        try:
+            import ssl
+
+            ctx = ssl._create_unverified_context() if scheme == "https" else None
+            urllib.request.urlopen(f"{scheme}://127.0.0.1:{http}/healthz", timeout=1, context=ctx)
+            break
+        except OSError:
+            if _time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"gateway not up within 60 s:\n{log_file.read_text()[-3000:]}")
+            _time.sleep(0.2)
+    return RunningGateway(None, proc, http, grpc_port, admin, tenants, log_file)
+
+
+def stop_gateway(gw: RunningGateway) -> None:
+    gw.process.terminate()
+    try:
+        gw.process.wait(10)
+    except Exception:
+        gw.process.kill()
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repo):
+    from brogue.server.tritonserver import TritonProcess
+
+    server = TritonProcess(tiny_repo.root, models=("asr_streaming",))
+    server.start(timeout=240)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_repo, triton_server, tmp_path_factory):
+    gw = start_gateway(tiny_repo, triton_server.grpc_url, tmp_path_factory.mktemp("gateway"))
+    gw.triton = triton_server
+    yield gw
+    stop_gateway(gw)

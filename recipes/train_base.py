@@ -1,0 +1,130 @@
+"""Train the demo base model: a small cache-aware streaming FastConformer-CTC on the base set only.
+
+    python recipes/train_base.py --data /work/data --out model_repo/demo.nemo --minutes 50
+
+SentencePiece BPE vocabulary of 128 pieces trained on the base-set text (TTS speech runs up to ~18
+characters per second: too many for CTC over characters at 80 ms frames, fine in pieces), 6 layers
+x 176, subsampling 8 (80 ms frames), att_context_size [72, 5]: chunks of 6 encoder frames = 480 ms,
+5.8 s of left context; rel-pos table 512 (small ONNX constant).
+AdamW with warmup + cosine decay, SpecAugment. Stops at --max-steps or after --minutes, whichever
+comes first. Runs with PyTorch Lightning on CPU here and unchanged on a GPU (--accelerator gpu).
+Writes the .nemo and ``<out>.train.json`` (steps, epochs, seconds, peak RSS, last loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+D_MODEL, N_LAYERS, N_HEADS = 176, 6, 4
+ATT_CONTEXT = (72, 5)
+SUBSAMPLING = 8
+VOCAB = 128
+
+
+def train_tokenizer(manifest: Path, out_dir: Path, vocab_size: int = VOCAB) -> Path:
+    """A SentencePiece BPE model on the manifest's text: ``out_dir/tokenizer.model``."""
+    import sentencepiece as spm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = out_dir / "text.txt"
+    text.write_text("".join(json.loads(l)["text"] + "\n" for l in open(manifest)))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(out_dir / "tokenizer"), vocab_size=vocab_size,
+                                   model_type="bpe", character_coverage=1.0, bos_id=-1, eos_id=-1,
+                                   unk_id=0, pad_id=-1, split_digits=True, minloglevel=2)
+    text.unlink()
+    # NeMo's BPE models also register vocab.txt (word-piece style, as its tokenizer script writes it)
+    pieces = [l.split("\t")[0] for l in open(out_dir / "tokenizer.vocab", encoding="utf-8")]
+    (out_dir / "vocab.txt").write_text("".join((p[1:] if p.startswith("\u2581") else "##" + p) + "\n"
+                                               for p in pieces if p), encoding="utf-8")
+    return out_dir
+
+
+def demo_config(tokenizer_dir, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, att_context=ATT_CONTEXT,
+                subsampling=SUBSAMPLING) -> dict:
+    from brogue.export.configs import streaming_model_config
+
+    cfg = streaming_model_config("ctc", tokenizer_dir=tokenizer_dir, d_model=d_model, n_layers=n_layers,
+                                 n_heads=n_heads, att_context_size=att_context)
+    cfg["encoder"]["subsampling_factor"] = subsampling
+    cfg["encoder"]["pos_emb_max_len"] = 512
+    cfg["spec_augment"] = {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+                           "freq_masks": 2, "freq_width": 20, "time_masks": 2, "time_width": 0.05}
+    return cfg
+
+
+def data_config(manifest, batch_size, shuffle, max_duration=16.0) -> dict:
+    return {"manifest_filepath": str(manifest), "sample_rate": 16000,
+            "batch_size": batch_size, "shuffle": shuffle, "max_duration": max_duration, "min_duration": 0.3,
+            "num_workers": 0, "pin_memory": False, "trim_silence": False}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="corpus folder (base_train.json)")
+    ap.add_argument("--out", type=Path, required=True, help=".nemo to write")
+    ap.add_argument("--max-steps", type=int, default=2400)
+    ap.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget for training")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--accelerator", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+
+    import lightning.pytorch as pl
+    import torch
+    from omegaconf import OmegaConf
+
+    from brogue.export.configs import model_class
+
+    torch.set_num_threads(a.threads)
+    pl.seed_everything(a.seed)
+    tok = train_tokenizer(a.data / "base_train.json", Path(str(a.out) + ".tokenizer"))
+    cfg = demo_config(tok)
+    cfg["train_ds"] = data_config(a.data / "base_train.json", a.batch_size, True)
+    cfg["optim"] = {"name": "adamw", "lr": a.lr, "betas": [0.9, 0.98], "weight_decay": 1e-3,
+                    "sched": {"name": "CosineAnnealing", "warmup_steps": a.warmup, "min_lr": 1e-5}}
+    hours = sum(json.loads(l)["duration"] for l in open(a.data / "base_train.json")) / 3600
+
+    class Log(pl.Callback):
+        def __init__(self):
+            self.t0 = time.time()
+            self.loss = float("nan")
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.loss = float(loss)
+            s = trainer.global_step
+            if s % 25 == 0:
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(f"step {s} epoch {trainer.current_epoch} loss {self.loss:.3f} "
+                      f"lr {trainer.optimizers[0].param_groups[0]['lr']:.2e} {time.time() - self.t0:.0f}s "
+                      f"peak {rss:.0f} MB", flush=True)
+
+    log = Log()
+    trainer = pl.Trainer(accelerator=a.accelerator, devices=1, precision=32, max_steps=a.max_steps,
+                         max_time={"minutes": a.minutes}, enable_checkpointing=False, logger=False,
+                         enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[log], gradient_clip_val=1.0)
+    model = model_class("ctc", True)(cfg=OmegaConf.create(cfg), trainer=trainer)
+    t0 = time.time()
+    trainer.fit(model)
+    seconds = time.time() - t0
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    model.save_to(str(a.out))
+    stats = {"steps": trainer.global_step, "epochs": trainer.current_epoch, "train_seconds": round(seconds),
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+             "last_loss": log.loss, "train_hours_audio": round(hours, 3),
+             "params": sum(p.numel() for p in model.parameters()), "batch_size": a.batch_size, "lr": a.lr,
+             "threads": a.threads, "accelerator": a.accelerator}
+    Path(str(a.out) + ".train.json").write_text(json.dumps(stats, indent=1) + "\n")
+    print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()

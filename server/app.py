@@ -1,0 +1,109 @@
+"""The gateway process: WebSocket + HTTP on one port, gRPC (Riva ASR, admin, health) on another.
+
+:func:`run_gateway` serves until cancelled. ``brogue serve`` (:func:`serve`) also starts the bundled
+tritonserver on the model repository unless ``--triton-url`` points at running instances.
+TLS: give a certificate and key and both ports serve TLS only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from websockets.asyncio.server import serve as ws_serve
+
+from .gateway import Gateway, GatewayConfig
+from .websocket import ConnectionLimits, WebSocketFrontEnd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    http_port: int = 8080  # WebSocket, browser page, /metrics
+    grpc_port: int = 50051  # Riva's default port
+    admin_host: str = "127.0.0.1"  # admin calls are bound to loopback unless configured otherwise
+    admin_port: int = 50052
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def _grpc_servicers(gateway: Gateway, server: grpc.aio.Server) -> None:
+    """Add the Riva ASR and health services to ``server``."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from .riva.asr_service import add_riva_asr
+
+    add_riva_asr(gateway, server)
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    for name in ("", "nvidia.riva.asr.RivaSpeechRecognition"):
+        asyncio.get_event_loop().create_task(hs.set(name, health_pb2.HealthCheckResponse.SERVING))
+
+
+async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: ConnectionLimits = ConnectionLimits(),
+                      started: asyncio.Event | None = None, grpc_services: bool = True) -> None:
+    """Serve until cancelled; ``started`` is set once every port listens."""
+    gateway = Gateway(config)
+    front = WebSocketFrontEnd(gateway, limits)
+    ssl_ctx, grpc_creds = None, None
+    if listen.tls_cert or listen.tls_key:
+        if not (listen.tls_cert and listen.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(listen.tls_cert, listen.tls_key)
+        grpc_creds = grpc.ssl_server_credentials([(Path(listen.tls_key).read_bytes(), Path(listen.tls_cert).read_bytes())])
+
+    servers = []
+    addr = f"{listen.host}:{listen.grpc_port}"
+    admin_addr = f"{listen.admin_host}:{listen.admin_port}"
+    if grpc_services:
+        from .admin import add_admin
+
+        grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        _grpc_servicers(gateway, grpc_server)
+        admin_server = grpc.aio.server()
+        add_admin(gateway, admin_server)
+        for server, a in ((grpc_server, addr), (admin_server, admin_addr)):
+            server.add_secure_port(a, grpc_creds) if grpc_creds else server.add_insecure_port(a)
+            await server.start()
+            servers.append(server)
+    async with ws_serve(front.handler, listen.host, listen.http_port, process_request=front.process_request,
+                        max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=20, ping_timeout=20):
+        scheme = "wss" if ssl_ctx else "ws"
+        log.info("gateway: %s://%s:%d/v1/stream, page and /metrics on the same port; gRPC %s; admin %s",
+                 scheme, listen.host, listen.http_port, addr, admin_addr)
+        if started is not None:
+            started.set()
+        try:
+            await asyncio.Future()
+        finally:
+            for server in servers:
+                await server.stop(2)
+
+
+def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], listen: Listen = Listen(),
+          model_dir: Path | None = None, limits: ConnectionLimits = ConnectionLimits(),
+          triton_timeout: float = 240.0) -> None:
+    """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block."""
+    import contextlib
+
+    from .tritonserver import TritonProcess
+
+    model_dir = model_dir or model_repository / "exported" / "demo"
+    with contextlib.ExitStack() as stack:
+        if not triton_urls:
+            triton = stack.enter_context(TritonProcess(model_repository, models=("asr_streaming",)).start(
+                timeout=triton_timeout))
+            triton_urls = [triton.grpc_url]
+            log.info("tritonserver ready at %s (log: %s)", triton.grpc_url, triton.log_path)
+        config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls))
+        try:
+            asyncio.run(run_gateway(config, listen, limits))
+        except KeyboardInterrupt:
+            pass

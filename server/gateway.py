@@ -1,0 +1,159 @@
+"""One stream through the gateway, whatever the protocol: tenant lease, session, Triton sequence.
+
+:meth:`Gateway.run_stream` is the loop both front ends share. It takes the client's inputs (audio
+bytes, :data:`FLUSH`) as an async iterator and yields :class:`~brogue.server.session.Result`
+events. It enforces the tenant's limits, sends each full chunk to Triton and awaits its reply
+(which also paces a client that sends faster than the model runs), and always releases the lease
+and the Triton sequence, whether the stream ends, fails, or the client vanishes.
+
+Errors are :class:`StreamError` with a ``code`` the front ends map to their protocol (and count in
+the ``brogue_errors_total`` metric).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from brogue.audio.codecs import AudioFormatError
+from brogue.engine.metadata import ModelMeta
+
+from .metrics import Metrics
+from .session import ModelInfo, Result, SessionConfig, StreamSession
+from .tenants import AuthError, LimitError, Tenant, TenantRegistry
+from .triton_client import SequenceError, TritonPool, TritonUnavailable
+
+log = logging.getLogger(__name__)
+
+FLUSH = "flush"
+
+
+class StreamError(Exception):
+    """A stream failure for the client: ``code`` is one of unauthenticated, limit, bad_request,
+    bad_audio, adapter, unavailable, internal."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    model_dir: Path
+    tenants_file: Path
+    triton_urls: tuple[str, ...]
+    model: str = "asr_streaming"
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, metrics: Metrics | None = None):
+        self.config = config
+        self.meta = ModelMeta.load(config.model_dir)
+        self.tenants = TenantRegistry(config.tenants_file)
+        self.pool = TritonPool(list(config.triton_urls), model=config.model)
+        self.metrics = metrics or Metrics()
+
+    def authenticate(self, api_key: str | None) -> Tenant:
+        try:
+            return self.tenants.authenticate(api_key)
+        except AuthError as e:
+            raise StreamError("unauthenticated", str(e)) from None
+
+    def model_info(self, latency: str | None) -> ModelInfo:
+        try:
+            return ModelInfo.from_meta(self.meta, latency)
+        except ValueError as e:
+            raise StreamError("bad_request", str(e)) from None
+
+    async def run_stream(self, tenant: Tenant, config: SessionConfig, inputs: AsyncIterator,
+                         api: str = "ws") -> AsyncIterator[Result]:
+        """Run one stream; yields results; raises :class:`StreamError`."""
+        try:
+            lease = self.tenants.open_stream(tenant)
+        except LimitError as e:
+            raise StreamError("limit", str(e)) from None
+        tenant = lease.tenant  # the tenant as it is now (its adapter may have been re-pointed)
+        m = self.metrics
+        m.streams_total.labels(tenant.name, api).inc()
+        m.active_streams.labels(tenant.name, api).inc()
+        seq = None
+        t_first_audio, busy, first_partial_seen = None, 0.0, False
+        try:
+            try:
+                session = StreamSession(config, self.model_info(config.latency))
+            except AudioFormatError as e:
+                raise StreamError("bad_request", str(e)) from None
+            try:
+                seq = self.pool.open(adapter=tenant.adapter, latency=config.latency or "")
+            except TritonUnavailable as e:
+                raise StreamError("unavailable", str(e)) from None
+
+            async def send(chunk, end=False):
+                nonlocal busy, first_partial_seen
+                t = time.perf_counter()
+                try:
+                    reply = await seq.send(chunk, end=end)
+                except TritonUnavailable as e:
+                    raise StreamError("unavailable", str(e)) from None
+                except SequenceError as e:
+                    code = "adapter" if "adapter" in str(e) else "bad_request"
+                    raise StreamError(code, str(e)) from None
+                dt = time.perf_counter() - t
+                busy += dt
+                m.chunk_latency.observe(dt)
+                events = session.on_reply(reply.tokens, reply.times, reply.confidences, reply.blank_probs)
+                for ev in events:
+                    if ev.kind == "partial" and not first_partial_seen:
+                        first_partial_seen = True
+                        m.first_partial.observe(time.monotonic() - t_first_audio)
+                    if ev.kind == "final":
+                        m.final_latency.observe(dt)
+                return events
+
+            async for item in inputs:
+                if item == FLUSH:
+                    for ev in session.force_endpoint():
+                        yield ev
+                    continue
+                if t_first_audio is None:
+                    t_first_audio = time.monotonic()
+                try:
+                    chunks = session.feed_audio(item)
+                except AudioFormatError as e:
+                    raise StreamError("bad_audio", str(e)) from None
+                if session.audio_seconds > tenant.max_stream_seconds:
+                    raise StreamError("limit", f"stream longer than tenant {tenant.name}'s limit of "
+                                               f"{tenant.max_stream_seconds:g} s")
+                for chunk in chunks:
+                    for ev in await send(chunk):
+                        yield ev
+            if t_first_audio is None:
+                t_first_audio = time.monotonic()
+            try:
+                last = session.end_audio()
+            except AudioFormatError as e:
+                raise StreamError("bad_audio", str(e)) from None
+            for ev in await send(last, end=True):
+                yield ev
+            for ev in session.on_end():
+                yield ev
+            m.audio_seconds.labels(tenant.name).inc(session.audio_seconds)
+            if session.audio_seconds > 0:
+                m.rtf.observe(busy / session.audio_seconds)
+        finally:
+            m.active_streams.labels(tenant.name, api).dec()
+            lease.release()
+            if seq is not None and seq.started and not seq.closed:
+                # The stream stopped early (client gone, error): end the sequence so Triton frees
+                # its state now rather than at the idle sweep.
+                try:
+                    await seq.send(np.zeros(0, np.float32), end=True)
+                except Exception:  # noqa: BLE001 - best effort; the sweep is the fallback
+                    pass
+            if seq is not None:
+                await seq.close()

@@ -1,0 +1,154 @@
+"""The gateway's side of Triton: one asyncio gRPC stream per sequence, spread over Triton instances.
+
+Triton keeps each stream's state, so a stream stays on the instance that started it.
+:class:`TritonPool` picks, for each new stream, the instance with the fewest live sequences among
+those not marked down, and gives it a correlation id unique across gateways (random 62-bit base
+plus a counter). :class:`Sequence` sends chunks in order and awaits each reply; any failure
+(server down, sequence error) raises :class:`TritonUnavailable` or :class:`SequenceError` for that
+stream alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+
+import numpy as np
+import tritonclient.grpc.aio as aioclient
+from tritonclient.utils import InferenceServerException
+
+from brogue.asr_io import MODEL, ChunkReply, parse_reply, request_inputs
+
+log = logging.getLogger(__name__)
+
+
+class TritonUnavailable(ConnectionError):
+    """No Triton instance can take or continue the stream."""
+
+
+class SequenceError(RuntimeError):
+    """Triton refused a request of this stream (the message is the model's)."""
+
+
+_END = object()
+
+
+class Sequence:
+    """One Triton sequence on its own gRPC stream (a tritonclient stream's errors don't say which
+    request failed, so sequences never share one)."""
+
+    def __init__(self, pool: "TritonPool", url: str, corrid: int, adapter: str, latency: str, timeout: float):
+        self.pool, self.url, self.corrid = pool, url, corrid
+        self.adapter, self.latency, self.timeout = adapter, latency, timeout
+        self._client = aioclient.InferenceServerClient(url)
+        self._requests: asyncio.Queue = asyncio.Queue()
+        self._replies = None
+        self.started = False
+        self.closed = False
+
+    async def _iterate(self):
+        while True:
+            item = await self._requests.get()
+            if item is _END:
+                return
+            yield item
+
+    async def send(self, audio: np.ndarray, *, end: bool = False) -> ChunkReply:
+        """Send one chunk (float32, 16 kHz) and await its reply."""
+        if self.closed:
+            raise SequenceError(f"sequence {self.corrid} is closed")
+        if self._replies is None:
+            self._replies = self._client.stream_infer(self._iterate())
+        start = not self.started
+        self.started = True
+        await self._requests.put({
+            "model_name": self.pool.model,
+            "inputs": request_inputs(np.asarray(audio, np.float32), start=start, adapter=self.adapter,
+                                     latency=self.latency),
+            "sequence_id": self.corrid,
+            "sequence_start": start,
+            "sequence_end": end,
+        })
+        try:
+            result, error = await asyncio.wait_for(self._replies.__anext__(), self.timeout)
+        except (StopAsyncIteration, asyncio.TimeoutError) as e:
+            await self.close()
+            self.pool.mark_down(self.url)
+            raise TritonUnavailable(f"Triton at {self.url} stopped answering stream {self.corrid}: "
+                                    f"{type(e).__name__}") from None
+        except InferenceServerException as e:
+            await self.close()
+            raise self._classify(e) from None
+        if error is not None:
+            await self.close()
+            raise self._classify(error)
+        if end:
+            await self.close()
+        return parse_reply(result)
+
+    def _classify(self, error) -> Exception:
+        msg = error.message() if isinstance(error, InferenceServerException) else str(error)
+        status = error.status() if isinstance(error, InferenceServerException) else ""
+        if status and "UNAVAILABLE" in str(status) or "failed to connect" in msg.lower() \
+                or "connection refused" in msg.lower() or "socket closed" in msg.lower():
+            self.pool.mark_down(self.url)
+            return TritonUnavailable(f"Triton at {self.url} is unavailable: {msg}")
+        return SequenceError(msg)
+
+    async def close(self) -> None:
+        """Release the gRPC stream (Triton frees the state on END, or sweeps it after idling)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.pool._release(self.url)
+        await self._requests.put(_END)
+        if self._replies is not None:
+            self._replies.cancel()
+        await self._client.close()
+
+
+class TritonPool:
+    """Triton instances serving ``model``; :meth:`open` starts a sequence on the least loaded one."""
+
+    def __init__(self, urls: list[str], *, model: str = MODEL, timeout: float = 30.0, retry_down_after: float = 2.0):
+        if not urls:
+            raise ValueError("at least one Triton URL is needed")
+        self.urls, self.model, self.timeout = list(urls), model, timeout
+        self.retry_down_after = retry_down_after
+        self.live = {u: 0 for u in self.urls}
+        self._down: dict[str, float] = {}
+        self._ids = itertools.count(secrets.randbits(62))
+
+    def mark_down(self, url: str) -> None:
+        self._down[url] = time.monotonic()
+        log.warning("Triton at %s marked down", url)
+
+    def _release(self, url: str) -> None:
+        self.live[url] = max(0, self.live[url] - 1)
+
+    def open(self, *, adapter: str = "", latency: str = "") -> Sequence:
+        now = time.monotonic()
+        up = [u for u in self.urls if now - self._down.get(u, -1e9) > self.retry_down_after]
+        if not up:
+            raise TritonUnavailable(f"no Triton instance is up ({', '.join(self.urls)})")
+        url = min(up, key=lambda u: self.live[u])
+        self.live[url] += 1
+        return Sequence(self, url, next(self._ids), adapter, latency, self.timeout)
+
+    async def ready(self) -> dict[str, bool]:
+        """Which instances have the model ready (and clear the down mark of those that do)."""
+        out = {}
+        for u in self.urls:
+            client = aioclient.InferenceServerClient(u)
+            try:
+                out[u] = bool(await client.is_model_ready(self.model))
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                out[u] = False
+            finally:
+                await client.close()
+            if out[u]:
+                self._down.pop(u, None)
+        return out

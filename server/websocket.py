@@ -1,0 +1,206 @@
+"""The WebSocket front end (``/v1/stream``) and the gateway's small HTTP surface.
+
+Protocol (docs/websocket.md): the API key comes with the handshake (``Authorization: Bearer KEY``,
+``X-Api-Key``, or ``?api_key=`` for browsers) and is checked before the upgrade; the first message
+is a JSON config; then binary audio frames and JSON controls (``flush``, ``close``); results come
+back as JSON. Everything stream-related is :meth:`Gateway.run_stream`; this module parses, frames
+and enforces the per-connection limits (frame size, message rate, idle time, a client too slow to
+read its results).
+
+HTTP on the same port: ``/`` (the browser page), ``/metrics`` (Prometheus), ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from brogue.audio.codecs import ENCODINGS, SAMPLE_RATES
+
+from .endpointing import EndpointingConfig
+from .gateway import FLUSH, Gateway, StreamError
+from .session import SessionConfig
+
+log = logging.getLogger(__name__)
+
+PAGE_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
+_CLOSE_CODES = {"unauthenticated": 1008, "limit": 1008, "bad_request": 1008, "bad_audio": 1003,
+                "adapter": 1011, "unavailable": 1011, "internal": 1011, "idle": 1001, "slow_client": 1008}
+_ENDPOINTING_KEYS = {f for f in EndpointingConfig.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_frame_bytes: int = 1 << 20  # larger frames are refused by the WebSocket layer (close 1009)
+    max_messages_per_second: float = 200.0
+    idle_seconds: float = 30.0
+    config_seconds: float = 10.0
+    send_seconds: float = 10.0  # a client that does not read its results for this long is dropped
+
+
+def parse_config(text) -> SessionConfig:
+    """The first message: ``{"type": "config", ...}`` -> :class:`SessionConfig`; ValueError says why."""
+    if not isinstance(text, str):
+        raise ValueError("the first message must be a JSON text config, not binary audio")
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config is not valid JSON: {e}") from None
+    if not isinstance(msg, dict) or msg.get("type") != "config":
+        raise ValueError('the first message must be {"type": "config", ...}')
+    unknown = set(msg) - {"type", "sample_rate", "encoding", "interim_results", "endpointing", "latency"}
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+    rate = msg.get("sample_rate", 16000)
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate not in SAMPLE_RATES:
+        raise ValueError(f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}, not {rate!r}")
+    enc = msg.get("encoding", "pcm16")
+    if enc not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, not {enc!r}")
+    interim = msg.get("interim_results", True)
+    if not isinstance(interim, bool):
+        raise ValueError("interim_results must be true or false")
+    ep = msg.get("endpointing") or {}
+    if not isinstance(ep, dict) or set(ep) - _ENDPOINTING_KEYS:
+        raise ValueError(f"endpointing must be an object with keys among {', '.join(sorted(_ENDPOINTING_KEYS))}")
+    latency = msg.get("latency")
+    if latency is not None and not isinstance(latency, str):
+        raise ValueError("latency must be a string (a latency name of the model) or null")
+    return SessionConfig(rate, enc, interim, EndpointingConfig(**ep), latency)
+
+
+def result_message(ev) -> dict:
+    return {"type": ev.kind, "utterance_id": ev.utterance_id, "transcript": ev.transcript,
+            "words": [asdict(w) for w in ev.words], "start": ev.start, "end": ev.end,
+            **({"stable": ev.stable} if ev.kind == "partial" else {})}
+
+
+def api_key_of(request: Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    if request.headers.get("X-Api-Key"):
+        return request.headers["X-Api-Key"].strip()
+    keys = parse_qs(urlparse(request.path).query).get("api_key")
+    return keys[0] if keys else None
+
+
+class WebSocketFrontEnd:
+    def __init__(self, gateway: Gateway, limits: ConnectionLimits = ConnectionLimits()):
+        self.gateway, self.limits = gateway, limits
+        self._tenants: dict[ServerConnection, object] = {}
+
+    # -- HTTP, before any upgrade --------------------------------------------------------------
+
+    def process_request(self, connection: ServerConnection, request: Request):
+        path = urlparse(request.path).path
+        if path == "/v1/stream":
+            try:
+                self._tenants[connection] = self.gateway.authenticate(api_key_of(request))
+            except StreamError as e:
+                self.gateway.metrics.errors.labels(e.code, "ws").inc()
+                return connection.respond(HTTPStatus.UNAUTHORIZED, f"{e}\n")
+            return None
+        if path == "/metrics":
+            return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE_LATEST)]), self.gateway.metrics.render())
+        if path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path in ("/", "/index.html") or path.startswith("/static/"):
+            return self._static(connection, "index.html" if path in ("/", "/index.html") else path[len("/static/"):])
+        return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _static(self, connection, name: str):
+        file = (PAGE_DIR / name).resolve()
+        if PAGE_DIR.resolve() not in file.parents or not file.is_file():
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        ctype = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}.get(
+            file.suffix, "application/octet-stream")
+        return Response(200, "OK", Headers([("Content-Type", ctype), ("Cache-Control", "no-store")]), file.read_bytes())
+
+    # -- one WebSocket stream --------------------------------------------------------------------
+
+    async def handler(self, ws: ServerConnection) -> None:
+        tenant = self._tenants.pop(ws, None)
+        if tenant is None:
+            await ws.close(1008, "not authenticated")
+            return
+        lim = self.limits
+        try:
+            try:
+                config = parse_config(await asyncio.wait_for(ws.recv(), lim.config_seconds))
+                info = self.gateway.model_info(config.latency)
+            except (ValueError, StreamError) as e:
+                await self._fail(ws, StreamError("bad_request", str(e)))
+                return
+            except asyncio.TimeoutError:
+                await self._fail(ws, StreamError("idle", f"no config within {lim.config_seconds:g} s"))
+                return
+            await self._send(ws, {"type": "ready", "tenant": tenant.name, "adapter": tenant.adapter or None,
+                                  "sample_rate": info.sample_rate, "chunk_ms": round(info.chunk_samples * 1000 / info.sample_rate),
+                                  "model": self.gateway.meta.raw.get("name")})
+            async for ev in self.gateway.run_stream(tenant, config, self._inputs(ws), api="ws"):
+                await self._send(ws, result_message(ev))
+            await self._send(ws, {"type": "end"})
+            await ws.close(1000, "stream complete")
+        except StreamError as e:
+            await self._fail(ws, e)
+        except ConnectionClosed:
+            log.info("client of tenant %s went away", tenant.name)
+
+    async def _inputs(self, ws: ServerConnection):
+        lim = self.limits
+        window_start, count = time.monotonic(), 0
+        while True:
+            try:
+                msg = await asyncio.wait_for(ws.recv(), lim.idle_seconds)
+            except asyncio.TimeoutError:
+                raise StreamError("idle", f"no message for {lim.idle_seconds:g} s") from None
+            except ConnectionClosed:
+                return  # the client closed without a "close" message: treat as end of audio
+            count += 1
+            now = time.monotonic()
+            if now - window_start >= 1.0:
+                window_start, count = now, 1
+            if count > lim.max_messages_per_second:
+                raise StreamError("limit", f"more than {lim.max_messages_per_second:g} messages per second")
+            if isinstance(msg, bytes):
+                yield msg
+                continue
+            try:
+                ctl = json.loads(msg)
+            except json.JSONDecodeError:
+                raise StreamError("bad_request", "text messages must be JSON controls") from None
+            kind = ctl.get("type") if isinstance(ctl, dict) else None
+            if kind == "flush":
+                yield FLUSH
+            elif kind == "close":
+                return
+            else:
+                raise StreamError("bad_request", f"unknown control {kind!r}; use 'flush' or 'close'")
+
+    async def _send(self, ws: ServerConnection, msg: dict) -> None:
+        try:
+            await asyncio.wait_for(ws.send(json.dumps(msg)), self.limits.send_seconds)
+        except asyncio.TimeoutError:
+            raise StreamError("slow_client", f"client did not read results for {self.limits.send_seconds:g} s") from None
+
+    async def _fail(self, ws: ServerConnection, e: StreamError) -> None:
+        log.info("stream error (%s): %s", e.code, e)
+        self.gateway.metrics.errors.labels(e.code, "ws").inc()
+        try:
+            await asyncio.wait_for(ws.send(json.dumps({"type": "error", "code": e.code, "message": str(e)})), 2)
+            await ws.close(_CLOSE_CODES.get(e.code, 1011), e.code)
+        except (ConnectionClosed, asyncio.TimeoutError):
+            pass
