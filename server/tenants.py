@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from brogue.adapters import AdapterRef
@@ -185,9 +185,7 @@ class TenantRegistry:
         with self._lock:
             if tenant not in self._tenants:
                 raise KeyError(f"no tenant {tenant!r}")
-            text = self.path.read_text()
-            tenants, _ = parse_tenants(text, str(self.path))
-            updated = _set_toml_adapter(text, tenant, adapter)
+            updated = _set_toml_adapter(self.path.read_text(), tenant, adapter)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(updated)
             os.replace(tmp, self.path)

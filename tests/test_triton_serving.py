@@ -8,7 +8,6 @@ in-process reference runner (:class:`StreamingRunner`) streaming that utterance 
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 import time
 
@@ -168,16 +167,15 @@ def test_eviction_never_takes_a_live_adapter_and_a_full_bank_is_a_clear_error(tr
     audio = speechlike(rng, 3.0)
     for k, name in enumerate(names[:4]):  # four live streams fill the bank
         seq = TritonSequence(url, 3000 + k, model="asr_small", adapter=tiny_repo.refs[name])
-        seq.send(audio[:8000])
-        live.append((seq, name))
+        live.append((seq, name, list(seq.send(audio[:8000]).tokens)))
     with TritonSequence(url, 3100, model="asr_small", adapter=tiny_repo.refs[names[4]]) as seq:
         with pytest.raises(InferenceServerException, match="adapter slot"):
             seq.send(audio[:8000])
-    # Finish the live streams: their adapters stayed in place (their output is exactly theirs).
-    for seq, name in live:
-        toks = []
-        r = seq.send(audio[8000:], end=True, start=False)
+    # The live streams finish on their own adapters: none was evicted for the refused one.
+    for seq, name, tokens in live:
+        tokens += seq.send(audio[8000:], end=True, start=False).tokens
         seq.close()
+        assert tokens == reference_tokens(tiny_repo, audio, tiny_repo.arrays[name]), name
     # Now the other four adapters evict the idle ones, one after another, each correct.
     for k, name in enumerate(names[4:]):
         toks, _ = stream(url, 3200 + k, audio, adapter=tiny_repo.refs[name], model="asr_small")
@@ -198,7 +196,7 @@ def test_faults_get_clear_errors_and_others_go_on(triton, tiny_repo):
         assert stream(url, corrid, audio, adapter=tiny_repo.refs["scot"])[0] == want
 
     # A corrupt adapter (bytes flipped after publishing) and an incompatible one (another base).
-    m = publish_adapter(tiny_repo.store_dir, _random_arrays(rng, 2, 64, 8), name="broken", version="v1",
+    publish_adapter(tiny_repo.store_dir, _random_arrays(rng, 2, 64, 8), name="broken", version="v1",
                         base_fingerprint=fingerprint(tiny_repo.model))
     path = tiny_repo.store_dir / "broken" / "v1" / "adapter.safetensors"
     data = bytearray(path.read_bytes())

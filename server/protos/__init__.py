@@ -1,0 +1,1 @@
+"""Generated gRPC modules of Brogue's own APIs (see each .proto for the regenerate command)."""
