@@ -132,6 +132,32 @@ def demo(audio: Optional[Path] = typer.Argument(None, help="A 16 kHz WAV to stre
     run_demo(audio, console=console.print)
 
 
+@app.command()
+def transcribe(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Audio files (WAV, FLAC, OGG...)."),
+    stream: bool = typer.Option(False, "--stream", help="StreamingRecognize in 100 ms pieces instead of Recognize."),
+    format: str = typer.Option("text", "--format", "-f", help="text, json or srt."),
+    concurrency: int = typer.Option(4, help="Files in flight at once."),
+    server: str = typer.Option("127.0.0.1:50051", help="Riva-compatible gRPC address (Brogue or Riva)."),
+    api_key: Optional[str] = typer.Option(None, envvar="BROGUE_API_KEY", help="Tenant API key (x-api-key)."),
+    out: Optional[Path] = typer.Option(None, help="Write NAME.txt/.json/.srt here (default: stdout)."),
+    latency: str = typer.Option("", help="Latency name of the model (Riva's `model` field)."),
+    ssl_root_cert: Optional[Path] = typer.Option(None, help="CA certificate: connect with TLS."),
+):
+    """Transcribe files over Riva-compatible gRPC (nvidia-riva-client), with a progress bar."""
+    from brogue.clients.transcribe import transcribe_files
+
+    try:
+        done = transcribe_files(files, server=server, api_key=api_key, stream=stream, fmt=format,
+                                concurrency=concurrency, out=out, latency=latency, ssl_root_cert=ssl_root_cert,
+                                console=console)
+    except ValueError as e:
+        _fail(str(e))
+    failed = [t for t in done if t.error]
+    if failed:
+        _fail(f"{len(failed)} of {len(done)} file(s) failed")
+
+
 def _recipe(name: str):
     """Import ``recipes/NAME.py`` (the demo model's recipe lives beside the package, not in it)."""
     import importlib.util
@@ -159,6 +185,152 @@ def corpus(
     summary = _recipe("corpus").build(out, seed=seed, workers=workers, scale=scale, log=console.print)
     hours = sum(v["hours"] for k, v in summary.items() if not k.startswith("_"))
     console.print(f"corpus in {out}: {hours:.2f} h in all")
+
+
+# -- brogue adapters push|assign|list: the gateway's admin API (code in clients/admin.py) -------------
+
+adapters_app = typer.Typer(no_args_is_help=True, help="Publish adapters and point tenants at them, "
+                                                       "through a running gateway's admin API.")
+app.add_typer(adapters_app, name="adapters")
+
+_ADMIN = typer.Option("127.0.0.1:50052", "--admin", help="Admin gRPC address of the gateway.")
+_TOKEN = typer.Option(None, "--token", help="Admin token (default: $BROGUE_ADMIN_TOKEN).")
+_TLS_CA = typer.Option(None, "--tls-ca", help="CA or certificate (PEM) of a TLS gateway.")
+
+
+def _admin_call(admin: str, token: Optional[str], tls_ca: Optional[Path], fn):
+    from brogue.clients.admin import AdminClient, AdminClientError
+
+    try:
+        with AdminClient(admin, token, tls_ca) as client:
+            return fn(client)
+    except AdminClientError as e:
+        _fail(f"{e.code}: {e}")
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+
+
+@adapters_app.command("push")
+def adapters_push(
+    path: Path = typer.Argument(..., help="An adapter-store entry folder, or an adapter.safetensors file."),
+    name: Optional[str] = typer.Option(None, "--name", help="Adapter name (default: the entry's)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version (default: the entry's, or sha-<hash>)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Free text, e.g. 'accent' or 'domain'."),
+    description: Optional[str] = typer.Option(None, "--description", help="Free text."),
+    base_fingerprint: Optional[str] = typer.Option(None, "--base-fingerprint",
+                                                   help="Refuse unless the served model has this fingerprint."),
+    admin: str = _ADMIN, token: Optional[str] = _TOKEN, tls_ca: Optional[Path] = _TLS_CA,
+):
+    """Validate an adapter on the gateway and add it to its store as NAME@VERSION."""
+    from brogue.adapters import AdapterError
+    from brogue.clients.admin import push_request
+
+    try:
+        req = push_request(path, name=name, version=version, kind=kind, description=description,
+                           base_fingerprint=base_fingerprint)
+    except (AdapterError, ValueError, OSError) as e:
+        _fail(str(e))
+    a = _admin_call(admin, token, tls_ca, lambda c: c.publish(req))
+    typer.echo(a.ref)
+    console.print(f"stored {a.ref} (dim {a.dim}, {a.n_layers} layers, sha256 {a.sha256[:12]})")
+
+
+@adapters_app.command("assign")
+def adapters_assign(
+    tenant: str = typer.Argument(..., help="Tenant name."),
+    adapter: str = typer.Argument(..., help="NAME@VERSION in the store, or 'base' for the base model."),
+    admin: str = _ADMIN, token: Optional[str] = _TOKEN, tls_ca: Optional[Path] = _TLS_CA,
+):
+    """Point TENANT at an adapter: its new streams use it, open streams keep theirs."""
+    ref = "" if adapter in ("base", "") else adapter
+    t = _admin_call(admin, token, tls_ca, lambda c: c.assign(tenant, ref))
+    console.print(f"tenant {t.name} -> {t.adapter or 'base model'} (new streams; {t.live_streams} open stream(s) "
+                  "keep their adapter)")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    admin: str = _ADMIN, token: Optional[str] = _TOKEN, tls_ca: Optional[Path] = _TLS_CA,
+):
+    """List the store's adapters (validated against the served model) and the tenants."""
+    import json
+
+    from rich.table import Table
+
+    from brogue.clients.admin import adapter_dict, tenant_dict
+
+    adapters, tenants = _admin_call(admin, token, tls_ca, lambda c: (c.adapters(), c.tenants()))
+    if as_json:
+        typer.echo(json.dumps({"adapters": [adapter_dict(a) for a in adapters],
+                               "tenants": [tenant_dict(t) for t in tenants]}, indent=2))
+        return
+    out = Console()
+    table = Table("adapter", "kind", "dim", "sha256", "base", "tenants", "status", title="adapters")
+    for a in adapters:
+        table.add_row(a.ref, a.kind, str(a.dim or ""), a.sha256[:12], a.base_fingerprint[:12],
+                      ", ".join(a.tenants), f"[red]{a.error_code}: {a.error}[/]" if a.error else "ok")
+    out.print(table)
+    table = Table("tenant", "adapter", "max streams", "max seconds", "live", "keys", title="tenants")
+    for t in tenants:
+        table.add_row(t.name, t.adapter or "(base model)", str(t.max_streams), f"{t.max_stream_seconds:g}",
+                      str(t.live_streams), str(t.api_keys))
+    out.print(table)
+
+
+@app.command()
+def adapt(
+    model: Path = typer.Option(..., "--model", "-m", help="Base .nemo model (frozen)."),
+    train: Path = typer.Option(..., "--train", help="NeMo manifest of the tenant's speech (relative audio "
+                                                   "paths: from the manifest's folder)."),
+    name: str = typer.Option(..., "--name", help="Adapter name in the store."),
+    dim: int = typer.Option(32, help="Adapter bottleneck dim."),
+    steps: int = typer.Option(150, help="Optimiser steps."),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(3e-3),
+    store: Path = typer.Option(DEFAULT_MODEL_REPO / "adapters", help="Adapter store folder."),
+    version: str = typer.Option("v1", help="Version label."),
+    kind: str = typer.Option("", help="Free text, e.g. 'accent' or 'domain'."),
+    description: str = typer.Option("", help="Free text."),
+    accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu or gpu."),
+):
+    """Train one tenant's LinearAdapter (base frozen) and write a validated adapter-store entry."""
+    from brogue.export.adapt import train_adapter
+
+    try:
+        r = train_adapter(model, train, name, store=store, dim=dim, steps=steps, batch_size=batch_size, lr=lr,
+                          version=version, kind=kind, description=description, accelerator=accelerator)
+    except (FileNotFoundError, ValueError, FileExistsError) as e:
+        _fail(str(e))
+    console.print(f"trained {r.steps} steps on {r.train_hours * 60:.1f} min of audio in {r.seconds:.0f} s "
+                  f"(loss {r.first_loss:.2f} -> {r.last_loss:.2f}, peak RSS {r.peak_rss_mb} MB)")
+    console.print(f"stored {r.manifest.name}@{r.manifest.version} in {r.entry}")
+    typer.echo(f"{r.manifest.name}@{r.manifest.version}")
+
+
+@app.command("eval")
+def eval_cmd(
+    manifest: Path = typer.Argument(..., help="NeMo manifest (relative audio paths: from its folder)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="NAME@VERSION (or NAME for its only/latest "
+                                                                   "version) from the store."),
+    model_dir: Path = typer.Option(DEFAULT_MODEL_REPO / "exported" / "demo", help="Exported model folder."),
+    store: Path = typer.Option(DEFAULT_MODEL_REPO / "adapters", help="Adapter store folder."),
+    batch: int = typer.Option(16, help="Streams run together."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N utterances."),
+    show: int = typer.Option(0, help="Print the first N hypotheses."),
+):
+    """Stream a manifest chunk by chunk through the exported model; last line: WER=<%> CER=<%>."""
+    from brogue.clients.eval import EvalError, evaluate
+
+    try:
+        r = evaluate(manifest, model_dir=model_dir, adapter=adapter, store=store, batch=batch, limit=limit)
+    except EvalError as e:
+        _fail(str(e))
+    for ref, hyp in list(zip(r.refs, r.hyps))[:show]:
+        typer.echo(f"REF: {ref}\nHYP: {hyp}")
+    typer.echo(f"{r.n} utterances, {r.hours * 60:.1f} min of audio, {r.seconds:.1f} s "
+               f"({r.hours * 3600 / max(r.seconds, 1e-9):.0f}x real time), adapter {r.adapter or 'none'}")
+    typer.echo(f"WER={r.wer * 100:.2f} CER={r.cer * 100:.2f}")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,8 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
                 timeout=triton_timeout))
             triton_urls = [triton.grpc_url]
             log.info("tritonserver ready at %s (log: %s)", triton.grpc_url, triton.log_path)
-        config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls))
+        config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls),
+                               store_dir=Path(model_repository) / "adapters")
         try:
             asyncio.run(run_gateway(config, listen, limits))
         except KeyboardInterrupt:

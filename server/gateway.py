@@ -25,7 +25,7 @@ from brogue.engine.metadata import ModelMeta
 
 from .metrics import Metrics
 from .session import ModelInfo, Result, SessionConfig, StreamSession
-from .tenants import AuthError, LimitError, Tenant, TenantRegistry
+from .tenants import AuthError, Lease, LimitError, Tenant, TenantRegistry
 from .triton_client import SequenceError, TritonPool, TritonUnavailable
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ class GatewayConfig:
     tenants_file: Path
     triton_urls: tuple[str, ...]
     model: str = "asr_streaming"
+    store_dir: Path | None = None  # the adapter store Triton reads; default MODEL_REPOSITORY/adapters
+
+    def __post_init__(self):
+        if self.store_dir is None:  # model_dir is MODEL_REPOSITORY/exported/NAME
+            object.__setattr__(self, "store_dir", Path(self.model_dir).parent.parent / "adapters")
 
 
 class Gateway:
@@ -70,13 +75,18 @@ class Gateway:
         except ValueError as e:
             raise StreamError("bad_request", str(e)) from None
 
-    async def run_stream(self, tenant: Tenant, config: SessionConfig, inputs: AsyncIterator,
-                         api: str = "ws") -> AsyncIterator[Result]:
-        """Run one stream; yields results; raises :class:`StreamError`."""
+    def open_lease(self, tenant: Tenant) -> Lease:
+        """Count a new stream of ``tenant`` against its limit (before telling the client it's ready)."""
         try:
-            lease = self.tenants.open_stream(tenant)
+            return self.tenants.open_stream(tenant)
         except LimitError as e:
             raise StreamError("limit", str(e)) from None
+
+    async def run_stream(self, tenant: Tenant, config: SessionConfig, inputs: AsyncIterator,
+                         api: str = "ws", lease: Lease | None = None) -> AsyncIterator[Result]:
+        """Run one stream; yields results; raises :class:`StreamError`. The stream's ``lease`` (from
+        :meth:`open_lease`) is released at the end; without one, it is taken here."""
+        lease = lease or self.open_lease(tenant)
         tenant = lease.tenant  # the tenant as it is now (its adapter may have been re-pointed)
         m = self.metrics
         m.streams_total.labels(tenant.name, api).inc()

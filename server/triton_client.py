@@ -16,6 +16,7 @@ import logging
 import secrets
 import time
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
@@ -79,7 +80,7 @@ class Sequence:
             self.pool.mark_down(self.url)
             raise TritonUnavailable(f"Triton at {self.url} stopped answering stream {self.corrid}: "
                                     f"{type(e).__name__}") from None
-        except InferenceServerException as e:
+        except (InferenceServerException, grpc.RpcError) as e:
             await self.close()
             raise self._classify(e) from None
         if error is not None:
@@ -90,10 +91,15 @@ class Sequence:
         return parse_reply(result)
 
     def _classify(self, error) -> Exception:
-        msg = error.message() if isinstance(error, InferenceServerException) else str(error)
-        status = error.status() if isinstance(error, InferenceServerException) else ""
-        if status and "UNAVAILABLE" in str(status) or "failed to connect" in msg.lower() \
-                or "connection refused" in msg.lower() or "socket closed" in msg.lower():
+        if isinstance(error, grpc.RpcError):
+            msg, status = error.details() or str(error), str(error.code())
+        elif isinstance(error, InferenceServerException):
+            msg, status = error.message(), str(error.status())
+        else:
+            msg, status = str(error), ""
+        low = msg.lower()
+        if "UNAVAILABLE" in status or "failed to connect" in low or "connection refused" in low \
+                or "socket closed" in low:
             self.pool.mark_down(self.url)
             return TritonUnavailable(f"Triton at {self.url} is unavailable: {msg}")
         return SequenceError(msg)

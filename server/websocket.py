@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -100,7 +101,8 @@ def api_key_of(request: Request) -> str | None:
 class WebSocketFrontEnd:
     def __init__(self, gateway: Gateway, limits: ConnectionLimits = ConnectionLimits()):
         self.gateway, self.limits = gateway, limits
-        self._tenants: dict[ServerConnection, object] = {}
+        # The tenant authenticated at the handshake, per connection (gone with the connection).
+        self._tenants: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # -- HTTP, before any upgrade --------------------------------------------------------------
 
@@ -147,10 +149,16 @@ class WebSocketFrontEnd:
             except asyncio.TimeoutError:
                 await self._fail(ws, StreamError("idle", f"no config within {lim.config_seconds:g} s"))
                 return
-            await self._send(ws, {"type": "ready", "tenant": tenant.name, "adapter": tenant.adapter or None,
-                                  "sample_rate": info.sample_rate, "chunk_ms": round(info.chunk_samples * 1000 / info.sample_rate),
-                                  "model": self.gateway.meta.raw.get("name")})
-            async for ev in self.gateway.run_stream(tenant, config, self._inputs(ws), api="ws"):
+            lease = self.gateway.open_lease(tenant)  # over the limit: refused before "ready"
+            tenant = lease.tenant
+            try:
+                await self._send(ws, {"type": "ready", "tenant": tenant.name, "adapter": tenant.adapter or None,
+                                      "sample_rate": info.sample_rate, "chunk_ms": round(info.chunk_samples * 1000 / info.sample_rate),
+                                      "model": self.gateway.meta.raw.get("name")})
+            except BaseException:
+                lease.release()
+                raise
+            async for ev in self.gateway.run_stream(tenant, config, self._inputs(ws), api="ws", lease=lease):
                 await self._send(ws, result_message(ev))
             await self._send(ws, {"type": "end"})
             await ws.close(1000, "stream complete")
@@ -158,6 +166,9 @@ class WebSocketFrontEnd:
             await self._fail(ws, e)
         except ConnectionClosed:
             log.info("client of tenant %s went away", tenant.name)
+        except Exception as e:  # a bug must cost one stream, with a clear error, never the gateway
+            log.exception("stream of tenant %s failed", tenant.name)
+            await self._fail(ws, StreamError("internal", f"internal error: {type(e).__name__}"))
 
     async def _inputs(self, ws: ServerConnection):
         lim = self.limits

@@ -1,0 +1,133 @@
+"""Client of the gateway's admin gRPC API (``brogue adapters push|assign|list``).
+
+The admin port listens on 127.0.0.1:50052 unless the gateway was started with another
+``--admin-host``/``--admin-port``. The token comes from ``--token`` or ``BROGUE_ADMIN_TOKEN``; with
+``--tls-ca`` the channel is TLS, verified against that CA (or certificate) file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from brogue.adapters import MANIFEST_FILE, TENSORS_FILE, read_adapter
+from brogue.server.protos import brogue_admin_pb2 as pb
+from brogue.server.protos import brogue_admin_pb2_grpc as pb_grpc
+
+DEFAULT_ADMIN = "127.0.0.1:50052"
+TOKEN_ENV = "BROGUE_ADMIN_TOKEN"
+
+
+class AdminClientError(RuntimeError):
+    """A call failed; ``code`` is the gRPC status code's name (UNAUTHENTICATED, INVALID_ARGUMENT, ...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class PushRequest:
+    """What ``push`` sends: the tensor file's bytes and the manifest fields."""
+
+    name: str
+    version: str
+    kind: str
+    description: str
+    safetensors: bytes
+    base_fingerprint: str = ""
+    source: dict | None = None
+
+
+def push_request(path: str | os.PathLike, *, name: str | None = None, version: str | None = None,
+                 kind: str | None = None, description: str | None = None,
+                 base_fingerprint: str | None = None) -> PushRequest:
+    """Read a store entry directory or an ``adapter.safetensors`` file for :meth:`AdminClient.publish`.
+
+    An entry directory is checked locally first (manifest, size, SHA-256, tensors; not the base
+    model, which the server checks); its manifest supplies the defaults of every field, and its
+    base fingerprint is sent so that the server refuses an adapter trained on another base model.
+    A bare tensor file needs ``name``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        weights = read_adapter(path, None)  # AdapterError for a damaged entry
+        m = weights.manifest
+        return PushRequest(name or m.name, version if version is not None else m.version,
+                           kind if kind is not None else m.kind,
+                           description if description is not None else m.description,
+                           (path / TENSORS_FILE).read_bytes(), base_fingerprint or m.base_fingerprint,
+                           m.source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such adapter file or store entry directory")
+    if not name:
+        raise ValueError(f"{path}: a bare tensor file needs --name (an entry folder has a {MANIFEST_FILE})")
+    return PushRequest(name, version or "", kind or "", description or "", path.read_bytes(),
+                       base_fingerprint or "")
+
+
+class AdminClient:
+    def __init__(self, address: str = DEFAULT_ADMIN, token: str | None = None,
+                 tls_ca: str | os.PathLike | None = None, timeout: float = 60.0,
+                 server_name: str | None = None):
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        if not token:
+            raise ValueError(f"no admin token: pass --token or set {TOKEN_ENV}")
+        self._metadata = (("x-admin-token", token),)
+        self.timeout = timeout
+        options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if tls_ca:
+            creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+            self.channel = grpc.secure_channel(address, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
+        self.stub = pb_grpc.AdminStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise AdminClientError(e.code().name, e.details() or str(e)) from None
+
+    def publish(self, req: PushRequest) -> pb.Adapter:
+        return self._call(self.stub.PublishAdapter, pb.PublishAdapterRequest(
+            name=req.name, version=req.version, kind=req.kind, description=req.description,
+            safetensors=req.safetensors, base_fingerprint=req.base_fingerprint,
+            source_json=json.dumps(req.source) if req.source else ""))
+
+    def assign(self, tenant: str, adapter: str) -> pb.Tenant:
+        return self._call(self.stub.AssignAdapter, pb.AssignAdapterRequest(tenant=tenant, adapter=adapter))
+
+    def tenants(self) -> list[pb.Tenant]:
+        return list(self._call(self.stub.ListTenants, pb.ListTenantsRequest()).tenants)
+
+    def adapters(self) -> list[pb.Adapter]:
+        return list(self._call(self.stub.ListAdapters, pb.ListAdaptersRequest()).adapters)
+
+
+def adapter_dict(a: pb.Adapter) -> dict:
+    return {"ref": a.ref, "kind": a.kind, "description": a.description, "dim": a.dim, "n_layers": a.n_layers,
+            "d_model": a.d_model, "sha256": a.sha256, "size_bytes": a.size_bytes,
+            "base_fingerprint": a.base_fingerprint, "created_at": a.created_at, "tenants": list(a.tenants),
+            "error": a.error or None, "error_code": a.error_code or None}
+
+
+def tenant_dict(t: pb.Tenant) -> dict:
+    return {"name": t.name, "adapter": t.adapter or None, "max_streams": t.max_streams,
+            "max_stream_seconds": t.max_stream_seconds, "live_streams": t.live_streams,
+            "api_keys": t.api_keys}

@@ -1,0 +1,175 @@
+"""``brogue adapt``: train one tenant's LinearAdapter on a frozen base model, store it.
+
+The base ``.nemo`` is restored, a NeMo ``LinearAdapter`` (``encoder:NAME``, dim ``r``) is added to
+every encoder layer, everything else is frozen, and the adapter is trained with PyTorch Lightning on
+the tenant's NeMo manifest (CTC loss of the base model's head, AdamW, warmup + cosine decay,
+SpecAugment as configured in the base). The trained adapter then goes through
+:func:`brogue.export.adapter.export_adapter` into ``STORE/NAME/VERSION/`` and the entry is read back
+with full validation against the base's fingerprint. On CPU here, on GPU with ``accelerator="gpu"``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class AdaptResult:
+    manifest: object  # brogue.adapters.Manifest of the stored entry
+    entry: Path
+    steps: int
+    seconds: float
+    first_loss: float
+    last_loss: float
+    train_hours: float
+    peak_rss_mb: int
+
+
+def _data_config(model, manifest: Path, batch_size: int, max_duration: float) -> dict:
+    cfg = {"manifest_filepath": str(manifest), "sample_rate": int(model.cfg.sample_rate), "batch_size": batch_size,
+           "shuffle": True, "max_duration": max_duration, "min_duration": 0.1, "num_workers": 0,
+           "pin_memory": False, "trim_silence": False}
+    if "tokenizer" not in model.cfg:  # character vocabulary
+        cfg["labels"] = list(model.cfg.labels)
+    return cfg
+
+
+def _check_manifest(path: Path) -> float:
+    """Total hours; fails early on a missing file or field (relative paths: the manifest's folder)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest")
+    total, n = 0.0, 0
+    for i, line in enumerate(open(path), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        for k in ("audio_filepath", "duration", "text"):
+            if k not in row:
+                raise ValueError(f"{path}:{i}: no {k!r} field")
+        audio = Path(row["audio_filepath"])
+        if not audio.is_absolute():
+            audio = path.parent / audio
+        if not audio.is_file():
+            raise FileNotFoundError(f"{path}:{i}: audio {audio} not found")
+        total += float(row["duration"])
+        n += 1
+    if n == 0:
+        raise ValueError(f"{path}: empty manifest")
+    return total / 3600
+
+
+def _absolute_manifest(path: Path, tmp: Path) -> Path:
+    """NeMo resolves relative audio paths against the manifest's folder too, but only when the
+    relative file exists from there; write an absolute copy so that it never depends on the cwd."""
+    out = tmp / "train_manifest.json"
+    with open(out, "w") as f:
+        for line in open(path):
+            if line.strip():
+                row = json.loads(line)
+                a = Path(row["audio_filepath"])
+                row["audio_filepath"] = str(a if a.is_absolute() else (path.parent / a).resolve())
+                f.write(json.dumps(row) + "\n")
+    return out
+
+
+def train_adapter(
+    model_path: str | Path,
+    train_manifest: str | Path,
+    name: str,
+    *,
+    store: str | Path,
+    dim: int = 32,
+    steps: int = 150,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    warmup: int = 15,
+    max_duration: float = 16.0,
+    version: str | None = "v1",
+    kind: str = "",
+    description: str = "",
+    accelerator: str = "cpu",
+    threads: int | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    model=None,
+) -> AdaptResult:
+    """Train ``encoder:NAME`` for ``steps`` optimiser steps; publish it as ``STORE/NAME/VERSION``.
+
+    ``model``: an already restored base model to use instead of loading ``model_path`` (it is
+    modified: the adapter is added to it).
+    """
+    import tempfile
+
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from brogue.adapters import AdapterRef, BaseSpec, read_adapter
+
+    from .adapter import export_adapter
+    from .nemo_export import fingerprint, load_nemo
+
+    AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
+    train_manifest = Path(train_manifest)
+    hours = _check_manifest(train_manifest)
+    if threads:
+        torch.set_num_threads(threads)
+    pl.seed_everything(seed, verbose=False)
+    if model is None:
+        model = load_nemo(model_path)
+    base_fp = fingerprint(model)
+    d_model = int(model.encoder.d_model)
+    full = f"encoder:{name}"
+    model.add_adapter(name=full, cfg=LinearAdapterConfig(in_features=d_model, dim=dim))
+    model.set_enabled_adapters(enabled=False)
+    model.set_enabled_adapters(name=full, enabled=True)
+    model.freeze()
+    model.unfreeze_enabled_adapters()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    with tempfile.TemporaryDirectory(prefix="brogue-adapt-") as tmp:
+        manifest = _absolute_manifest(train_manifest, Path(tmp))
+        losses: list[float] = []
+
+        class Track(pl.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                losses.append(float(loss))
+
+        # tqdm: Lightning's RichProgressBar fails at start with the installed rich (IndexError in clear_live)
+        bar = [TQDMProgressBar(refresh_rate=5)] if progress else []
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=32, max_steps=steps,
+                             enable_checkpointing=False, logger=False, enable_progress_bar=progress,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                             callbacks=[Track(), *bar], gradient_clip_val=1.0)
+        with open_dict(model.cfg):
+            model.cfg.optim = OmegaConf.create(
+                {"name": "adamw", "lr": lr, "betas": [0.9, 0.98], "weight_decay": 0.0,
+                 "sched": {"name": "CosineAnnealing", "warmup_steps": min(warmup, max(steps // 5, 0)),
+                           "min_lr": lr / 50}})
+        model.set_trainer(trainer)
+        model.setup_training_data(OmegaConf.create(_data_config(model, manifest, batch_size, max_duration)))
+        model.setup_optimization(model.cfg.optim)
+        t0 = time.time()
+        trainer.fit(model)
+        seconds = time.time() - t0
+    model.eval()
+    if fingerprint(model) != base_fp:
+        raise RuntimeError("the base weights changed during adapter training (they must stay frozen)")
+    store = Path(store)
+    m = export_adapter(None, model=model, store=store, name=name, adapter=name, version=version, kind=kind,
+                       description=description or f"LinearAdapter dim {dim}, {steps} steps on {train_manifest.name} "
+                                                  f"({hours * 60:.1f} min of audio), {trainable} parameters")
+    entry = store / m.name / m.version
+    enc = model.encoder
+    read_adapter(entry, BaseSpec(fingerprint=base_fp, n_layers=len(enc.layers), d_model=d_model, max_dim=dim))
+    return AdaptResult(manifest=m, entry=entry, steps=trainer.global_step, seconds=seconds,
+                       first_loss=losses[0] if losses else float("nan"),
+                       last_loss=sum(losses[-10:]) / max(len(losses[-10:]), 1) if losses else float("nan"),
+                       train_hours=hours, peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole demo-model recipe, in order: corpus -> base model -> export -> adapters -> table.
+# Usage: recipes/make_demo.sh [DATA_DIR]   (default /work/data; the corpus is not committed)
+# On 2 CPU cores: ~6 min corpus, 46 min base training (a wall-clock budget), ~4 min per adapter,
+# ~10 min evaluation. Run from the repository root with the venv active (or .venv/bin on PATH).
+set -euo pipefail
+DATA=${1:-/work/data}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+export PATH="$REPO/.venv/bin:$PATH"
+
+brogue corpus --out "$DATA" --seed 0
+python recipes/train_base.py --data "$DATA" --out model_repo/demo.nemo --minutes 46
+rm -rf model_repo/exported/demo
+brogue export model_repo/demo.nemo --out model_repo/exported/demo --name demo
+for s in scottish caribbean indian german; do
+  brogue adapt --model model_repo/demo.nemo --train "$DATA/${s}_train.json" --name "$s" --kind accent \
+    --steps 60 --batch-size 12 --lr 4e-3 --store model_repo/adapters --version v1
+done
+brogue adapt --model model_repo/demo.nemo --train "$DATA/medical_train.json" --name medical --kind domain \
+  --steps 60 --batch-size 12 --lr 4e-3 --store model_repo/adapters --version v1
+python recipes/report.py --data "$DATA"                      # README table + recipes/accuracy.json
+python recipes/check_streaming.py --nemo model_repo/demo.nemo --model-dir model_repo/exported/demo \
+  --manifest "$DATA/base_test.json" --limit 40 --json recipes/streaming_parity.json
+python recipes/test_clips.py --data "$DATA"                  # tests/data/demo

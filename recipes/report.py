@@ -1,0 +1,183 @@
+"""The accuracy table of the demo model, written into README.md ("Accuracy of the demo model").
+
+    python recipes/report.py --data /work/data            # evaluate, print, update README.md
+
+For each test split: the exported base model alone, with the split's own adapter, with another
+split's adapter (the next one in SPLITS order), all streamed chunk by chunk through
+``StreamingRunner`` exactly as ``brogue eval`` does; and pocketsphinx (the PyPI wheel's bundled
+en-us acoustic model, language model and dictionary) on the same audio. The base test split is also
+run with every adapter (no adapter may hurt it) and reported for its flite/Festival/pico part,
+where pocketsphinx does best. pocketsphinx results are cached in DATA/pocketsphinx_<split>.json
+(``--no-cache`` recomputes). Results also go to recipes/accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ADAPTED = ["scottish", "caribbean", "indian", "german", "medical"]
+KIND = {"scottish": "accent", "caribbean": "accent", "indian": "accent", "german": "accent", "medical": "domain"}
+WRONG = {s: ADAPTED[(i + 1) % len(ADAPTED)] for i, s in enumerate(ADAPTED)}
+START, END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
+SECTION = "## Accuracy of the demo model"
+
+
+def pocketsphinx_hyps(rows: list[dict], cache: Path | None) -> list[str]:
+    if cache is not None and cache.is_file():
+        got = json.loads(cache.read_text())
+        if got.get("audio") == [r["audio_filepath"] for r in rows]:
+            return got["hyps"]
+    import numpy as np
+    import soundfile as sf
+    from pocketsphinx import Decoder
+
+    dec = Decoder(samprate=16000, logfn="/dev/null")
+    hyps = []
+    for r in rows:
+        a, sr = sf.read(r["audio_filepath"], dtype="int16")
+        assert sr == 16000, r["audio_filepath"]
+        dec.start_utt()
+        dec.process_raw(np.ascontiguousarray(a).tobytes(), full_utt=True)
+        dec.end_utt()
+        h = dec.hyp()
+        hyps.append(h.hypstr if h is not None else "")
+    if cache is not None:
+        cache.write_text(json.dumps({"audio": [r["audio_filepath"] for r in rows], "hyps": hyps}))
+    return hyps
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("/work/data"))
+    ap.add_argument("--model-dir", type=Path, default=REPO / "model_repo" / "exported" / "demo")
+    ap.add_argument("--store", type=Path, default=REPO / "model_repo" / "adapters")
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
+    ap.add_argument("--out", type=Path, default=REPO / "recipes" / "accuracy.json")
+    ap.add_argument("--no-readme", action="store_true")
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--only-pocketsphinx", action="store_true", help="fill the pocketsphinx cache and stop")
+    a = ap.parse_args(argv)
+
+    from brogue.clients.eval import error_rates, load_audio, read_manifest, transcribe
+
+    splits = {"base": "base_test.json", "base_ffp": "base_test_ffp.json"}
+    splits.update({s: f"{s}_test.json" for s in ADAPTED})
+    rows = {s: read_manifest(a.data / m) for s, m in splits.items()}
+    ps = {}
+    for s in splits:
+        t0 = time.time()
+        ps[s] = pocketsphinx_hyps(rows[s], None if a.no_cache else a.data / f"pocketsphinx_{s}.json")
+        print(f"pocketsphinx {s}: {time.time() - t0:.0f} s", flush=True)
+    if a.only_pocketsphinx:
+        return
+
+    from brogue.adapters import BaseSpec
+    from brogue.engine.runner import StreamingRunner
+    from brogue.server.adapters.store import AdapterStore
+
+    runner = StreamingRunner(a.model_dir, slots=1 + len(ADAPTED))
+    meta = runner.meta
+    base = BaseSpec(meta.fingerprint, meta.n_layers, meta.d_model, meta.max_adapter_dim)
+    store = AdapterStore(a.store)
+    slot, refs = {}, {}
+    for i, name in enumerate(ADAPTED, 1):
+        ref = f"{name}@{store.versions(name)[-1]}"
+        w = store.load(ref, base)
+        runner.bank.write(i, w.ln_weight, w.ln_bias, w.down, w.up)
+        slot[name], refs[name] = i, ref
+
+    res: dict = {"model": str(a.model_dir.relative_to(REPO)) if a.model_dir.is_relative_to(REPO) else str(a.model_dir),
+                 "adapters": refs, "splits": {}}
+    for s in splits:
+        audios = [load_audio(r["audio_filepath"], meta.mel.sample_rate) for r in rows[s]]
+        texts = [r["text"] for r in rows[s]]
+        hours = sum(len(x) for x in audios) / meta.mel.sample_rate / 3600
+        d = {"utterances": len(texts), "minutes": round(hours * 60, 1)}
+
+        def run(sl):
+            hyps = transcribe(runner, audios, sl)
+            w, c = error_rates(texts, hyps)
+            return {"wer": w, "cer": c, "examples": list(zip(texts[:3], hyps[:3]))}
+
+        t0 = time.time()
+        d["base"] = run(0)
+        if s in ADAPTED:
+            d["adapter"] = run(slot[s]) | {"name": refs[s]}
+            d["wrong_adapter"] = run(slot[WRONG[s]]) | {"name": refs[WRONG[s]]}
+        elif s == "base":
+            d["with_each_adapter"] = {n: run(slot[n]) for n in ADAPTED}
+        w, c = error_rates(texts, ps[s])
+        d["pocketsphinx"] = {"wer": w, "cer": c}
+        res["splits"][s] = d
+        print(f"{s}: base {pct(d['base']['wer'])} ({time.time() - t0:.0f} s)", flush=True)
+
+    # -- the table
+    label = {"base": "base (all voices)", "base_ffp": "base: flite/Festival/pico part"}
+    lines = ["| test split | minutes | base WER | adapter WER | wrong-adapter WER | pocketsphinx WER |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s, d in res["splits"].items():
+        if s in ADAPTED:
+            own, wrong = d["adapter"], d["wrong_adapter"]
+            rel = (d["base"]["wer"] - own["wer"]) / d["base"]["wer"] if d["base"]["wer"] else 0.0
+            a_cell = f"{pct(own['wer'])} ({'-' if rel >= 0 else '+'}{abs(rel) * 100:.0f}% rel.)"
+            w_cell = f"{pct(wrong['wer'])} ({WRONG[s]})"
+            name = f"{s} ({KIND[s]})"
+        elif s == "base":
+            worst = max(d["with_each_adapter"].items(), key=lambda kv: kv[1]["wer"])
+            a_cell = "n/a"
+            w_cell = f"{pct(worst[1]['wer'])} (worst: {worst[0]})"
+            name = label[s]
+        else:
+            a_cell = w_cell = "n/a"
+            name = label[s]
+        lines.append(f"| {name} | {d['minutes']} | {pct(d['base']['wer'])} | {a_cell} | {w_cell} | "
+                     f"{pct(d['pocketsphinx']['wer'])} |")
+    b = res["splits"]["base"]
+    each = ", ".join(f"{n} {pct(v['wer'])}" for n, v in b["with_each_adapter"].items())
+    table = "\n".join(lines)
+    checks = []
+    for s in ADAPTED:
+        d = res["splits"][s]
+        rel = (d["base"]["wer"] - d["adapter"]["wer"]) / max(d["base"]["wer"], 1e-9)
+        checks.append(f"{s} adapter cuts WER by {rel * 100:.0f}% relative (target >= 30%): "
+                      f"{'met' if rel >= 0.30 else 'NOT met'}")
+    for n, v in b["with_each_adapter"].items():
+        rel = (v["wer"] - b["base"]["wer"]) / max(b["base"]["wer"], 1e-9)
+        checks.append(f"{n} adapter changes base-set WER by {rel * 100:+.0f}% relative (target <= +10%): "
+                      f"{'met' if rel <= 0.10 else 'NOT met'}")
+    ffp = res["splits"]["base_ffp"]
+    checks.append(f"base WER on the base test split {pct(b['base']['wer'])} (target < 15%): "
+                  f"{'met' if b['base']['wer'] < 0.15 else 'NOT met'}")
+    checks.append(f"base WER {pct(ffp['base']['wer'])} vs pocketsphinx {pct(ffp['pocketsphinx']['wer'])} on the "
+                  f"flite/Festival/pico audio: {'met' if ffp['base']['wer'] < ffp['pocketsphinx']['wer'] else 'NOT met'}")
+    res["checks"] = checks
+    res["table"] = table
+    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    block = "\n".join([START, "", table, "", f"Base test split with each adapter enabled: {each}.", "",
+                       *[f"- {c}" for c in checks], "", END])
+    print(block)
+    if not a.no_readme:
+        update_readme(a.readme, block)
+
+
+def update_readme(readme: Path, block: str) -> None:
+    """Replace the generated block inside the section; create the section at the end if missing."""
+    text = readme.read_text()
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
