@@ -25,6 +25,15 @@ KIND = {"scottish": "accent", "caribbean": "accent", "indian": "accent", "german
 WRONG = {s: ADAPTED[(i + 1) % len(ADAPTED)] for i, s in enumerate(ADAPTED)}
 START, END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 SECTION = "## Accuracy of the demo model"
+INTRO = """The demo model (`model_repo/exported/demo`, source `model_repo/demo.nemo`) and its adapters
+(`model_repo/adapters/NAME/v1`) come from the recipe in `recipes/` (`recipes/make_demo.sh` runs it
+all): a synthetic corpus from Debian TTS voices (`brogue corpus`), a small cache-aware
+FastConformer-CTC trained on the base set only (`recipes/train_base.py`), and one LinearAdapter per
+accent / domain set trained with the base frozen (`brogue adapt`). Word error rates on the held-out
+test splits (unseen sentences, unseen speaker variants), streamed chunk by chunk through the
+exported model as `brogue eval` does; pocketsphinx is the PyPI wheel's en-us model on the same
+audio. Made by `python recipes/report.py --data DATA_DIR`; all speech is synthetic, so these numbers
+say how well adapters separate accents and domains, not how the model does on real speech."""
 
 
 def pocketsphinx_hyps(rows: list[dict], cache: Path | None) -> list[str]:
@@ -175,7 +184,7 @@ def update_readme(readme: Path, block: str) -> None:
     if START in text and END in text:
         text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
     else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}\n\n{block}\n"
     readme.write_text(text)
 
 

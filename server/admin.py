@@ -116,8 +116,8 @@ class AdminService(pb_grpc.AdminServicer):
         if request.source_json:
             try:
                 source = json.loads(request.source_json)
-            except ValueError as e:
-                source = e
+            except ValueError:
+                source = None
             if not isinstance(source, dict):
                 await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
                                   "source_json must be a JSON object")
@@ -146,6 +146,9 @@ class AdminService(pb_grpc.AdminServicer):
             return self.store.publish(Path(tmp), base=self.base, name=request.name,
                                       version=request.version or None, kind=request.kind,
                                       description=request.description, source=source)
+        except AdapterError as e:  # name the upload in the message, not the temporary file
+            message = str(e).replace(tmp, f"the adapter.safetensors of {request.name}")
+            raise AdapterError(e.code, message) from None
         finally:
             os.unlink(tmp)
 

@@ -75,6 +75,9 @@ class Sequence:
         })
         try:
             result, error = await asyncio.wait_for(self._replies.__anext__(), self.timeout)
+        except asyncio.CancelledError:  # the client went away mid-request: not Triton's fault
+            await self.close()
+            raise
         except (StopAsyncIteration, asyncio.TimeoutError) as e:
             await self.close()
             self.pool.mark_down(self.url)

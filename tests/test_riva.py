@@ -268,44 +268,58 @@ def test_over_limit_is_resource_exhausted_and_vanished_clients_free_their_stream
     key = [("x-api-key", DEMO_KEYS["base"])]  # the fixture's tenants allow 4 streams each
     config = rasr.StreamingRecognitionConfig(config=streaming_config(sample_rate_hertz=16000), interim_results=True)
     audio = (speechlike(np.random.default_rng(25), 1.0) * 32767).astype("<i2").tobytes()
+    long = (speechlike(np.random.default_rng(26), 6.0) * 32767).astype("<i2").tobytes()
 
     def active():
         text = urllib.request.urlopen(f"http://127.0.0.1:{gateway.http_port}/metrics", timeout=5).read().decode()
         return sum(float(v) for v in re.findall(r'brogue_active_streams\{[^}]*api="riva"[^}]*\} (\S+)', text))
+
+    async def settle(want, seconds=20.0):
+        for _ in range(int(seconds * 10)):
+            if (n := active()) == want:
+                break
+            await asyncio.sleep(0.1)
+        return n
 
     async def main():
         async with grpc.aio.insecure_channel(gateway.grpc_url) as ch:
             stub = rasr_grpc.RivaSpeechRecognitionStub(ch)
             hold = asyncio.Event()
 
-            async def held():  # config, 1 s of audio, then nothing until `hold` is set
+            async def held():  # config, 6 s of audio, then nothing until `hold` is set
                 yield rasr.StreamingRecognizeRequest(streaming_config=config)
-                yield rasr.StreamingRecognizeRequest(audio_content=audio)
+                yield rasr.StreamingRecognizeRequest(audio_content=long)
                 await hold.wait()
 
             calls = [stub.StreamingRecognize(held(), metadata=key) for _ in range(4)]
             for c in calls:  # each has its stream open once its first partial is back
-                assert (await c.read()).results
-            assert active() == 4
+                first = await c.read()
+                assert first is not grpc.aio.EOF and first.results, (await c.code(), await c.details())
+            assert await settle(4) == 4, gateway.log()[-3000:]
+            async def config_only():  # refused before any audio is read
+                yield rasr.StreamingRecognizeRequest(streaming_config=config)
+                await hold.wait()
+
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                async for _ in stub.StreamingRecognize(held(), metadata=key):
+                async for _ in stub.StreamingRecognize(config_only(), metadata=key):
                     pass
-            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "base" in e.value.details()
-            for c in calls:  # the clients vanish mid-stream
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "base" in e.value.details(), e.value
+            for c in calls:  # the clients vanish mid-stream (while the gateway is still busy with their audio)
                 c.cancel()
-            for _ in range(50):
-                if active() == 0:
-                    break
-                await asyncio.sleep(0.1)
-            assert active() == 0
+            assert await settle(0) == 0, gateway.log()[-3000:]
             hold.set()
 
             async def whole():
                 yield rasr.StreamingRecognizeRequest(streaming_config=config)
                 yield rasr.StreamingRecognizeRequest(audio_content=audio)
 
-            finals = [r for resp in [x async for x in stub.StreamingRecognize(whole(), metadata=key)]
-                      for r in resp.results if r.is_final]
+            try:  # the gateway goes on serving: the vanished clients did not take Triton down with them
+                finals = [r for resp in [x async for x in stub.StreamingRecognize(whole(), metadata=key)]
+                          for r in resp.results if r.is_final]
+            except grpc.aio.AioRpcError as e:
+                marks = [ln for ln in gateway.log().splitlines() if "marked down" in ln]
+                pytest.fail(f"a new stream after clients vanished mid-stream failed: {e.code().name}: "
+                            f"{e.details()}\n" + "\n".join(marks[-4:]))
             assert finals
 
     asyncio.run(main())

@@ -2,9 +2,9 @@
 
 Wire format: the compiled protos of ``nvidia-riva-client`` (``riva.client.proto``), so unmodified Riva
 clients work. Every recognition call needs an API key in its metadata (``x-api-key``, ``api-key`` or
-``authorization: Bearer KEY``), checked before any audio is read. Everything stream-related is
-:meth:`Gateway.run_stream`; this module maps Riva's config onto :class:`SessionConfig` and results
-onto Riva's messages (docs/riva.md, "Riva compatibility"):
+``authorization: Bearer KEY``), checked before any audio is read, as is the tenant's stream limit.
+Everything stream-related is :meth:`Gateway.run_stream`; this module maps Riva's config onto
+:class:`SessionConfig` and results onto Riva's messages (docs/riva.md, "Riva compatibility"):
 
 - ``StreamingRecognize``: the first request carries ``streaming_config``, the others ``audio_content``.
   Partials (``interim_results``) have ``stability`` 0.1, or 0.9 once the endpointer hints at the end
@@ -102,6 +102,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
     # -- calls -----------------------------------------------------------------------------------
 
     async def StreamingRecognize(self, request_iterator, context):
+        lease = None
         try:
             tenant = self._authenticate(context)
             requests = request_iterator.__aiter__()
@@ -110,6 +111,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                 raise StreamError("bad_request", "the first request must carry streaming_config")
             cfg = first.streaming_config
             check_config(self.gateway, cfg.config)
+            lease = self.gateway.open_lease(tenant)  # over the limit: refused before any audio is read
             head, final = b"", False  # peek at the first audio for a WAV header
             while not final and (not head or head.startswith(b"RIFF"[:len(head)])):
                 req = await self._next(requests)
@@ -140,7 +142,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
 
             counter = _Processed(config)
             words = cfg.config.enable_word_time_offsets
-            async for ev in self.gateway.run_stream(tenant, config, audio(), api="riva"):
+            async for ev in self.gateway.run_stream(tenant, config, audio(), api="riva", lease=lease):
                 yield rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
                     alternatives=[alternative(ev, words)], is_final=ev.kind == "final",
                     stability=0.0 if ev.kind == "final" else 0.9 if ev.stable else 0.1,
@@ -150,11 +152,16 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         except Exception:  # a bug fails this stream only, as INTERNAL
             log.exception("riva StreamingRecognize failed")
             await self._abort(context, StreamError("internal", "internal error"))
+        finally:
+            if lease is not None:  # run_stream releases it too; this covers failures before it ran
+                lease.release()
 
     async def Recognize(self, request, context):
+        lease = None
         try:
             tenant = self._authenticate(context)
             check_config(self.gateway, request.config)
+            lease = self.gateway.open_lease(tenant)
             config, audio, size = session_config(self.gateway, request.config, request.audio, True, False)
             audio = audio[:size] if size is not None else audio
             counter = _Processed(config)
@@ -166,7 +173,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                     yield audio[i:i + step]
 
             results = []
-            async for ev in self.gateway.run_stream(tenant, config, pieces(), api="riva"):
+            async for ev in self.gateway.run_stream(tenant, config, pieces(), api="riva", lease=lease):
                 if ev.kind == "final":
                     results.append(rasr.SpeechRecognitionResult(
                         alternatives=[alternative(ev, request.config.enable_word_time_offsets)],
@@ -177,6 +184,9 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         except Exception:
             log.exception("riva Recognize failed")
             await self._abort(context, StreamError("internal", "internal error"))
+        finally:
+            if lease is not None:
+                lease.release()
 
     async def GetRivaSpeechRecognitionConfig(self, request, context):
         try:  # no key needed (riva's `--list-models` sends none), but a wrong one is refused
