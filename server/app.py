@@ -67,7 +67,7 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
 
         grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
         _grpc_servicers(gateway, grpc_server)
-        admin_server = grpc.aio.server()
+        admin_server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 << 20)])  # adapter uploads
         add_admin(gateway, admin_server)
         for server, a in ((grpc_server, addr), (admin_server, admin_addr)):
             server.add_secure_port(a, grpc_creds) if grpc_creds else server.add_insecure_port(a)

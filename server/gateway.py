@@ -128,6 +128,7 @@ class Gateway:
             async for item in inputs:
                 if item == FLUSH:
                     for ev in session.force_endpoint():
+                        m.final_latency.observe(0.0)  # the final is due at once: nothing is pending
                         yield ev
                     continue
                 if t_first_audio is None:
@@ -144,6 +145,7 @@ class Gateway:
                         yield ev
             if t_first_audio is None:
                 t_first_audio = time.monotonic()
+            t_end = time.monotonic()  # the client's end of audio: its last words end here
             try:
                 last = session.end_audio()
             except AudioFormatError as e:
@@ -151,6 +153,7 @@ class Gateway:
             for ev in await send(last, end=True):
                 yield ev
             for ev in session.on_end():
+                m.final_latency.observe(time.monotonic() - t_end)
                 yield ev
             m.audio_seconds.labels(tenant.name).inc(session.audio_seconds)
             if session.audio_seconds > 0:
