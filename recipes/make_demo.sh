@@ -10,15 +10,15 @@ cd "$REPO"
 export PATH="$REPO/.venv/bin:$PATH"
 
 brogue corpus --out "$DATA" --seed 0
-python recipes/train_base.py --data "$DATA" --out model_repo/demo.nemo --minutes 46
+python recipes/train_base.py --data "$DATA" --out model_repo/demo.nemo --minutes 11
 rm -rf model_repo/exported/demo
 brogue export model_repo/demo.nemo --out model_repo/exported/demo --name demo
 for s in scottish caribbean indian german; do
   brogue adapt --model model_repo/demo.nemo --train "$DATA/${s}_train.json" --name "$s" --kind accent \
-    --steps 60 --batch-size 12 --lr 4e-3 --store model_repo/adapters --version v1
+    --steps 80 --batch-size 12 --lr 3e-3 --store model_repo/adapters --version v1
 done
 brogue adapt --model model_repo/demo.nemo --train "$DATA/medical_train.json" --name medical --kind domain \
-  --steps 60 --batch-size 12 --lr 4e-3 --store model_repo/adapters --version v1
+  --steps 80 --batch-size 12 --lr 3e-3 --store model_repo/adapters --version v1
 python recipes/report.py --data "$DATA"                      # README table + recipes/accuracy.json
 python recipes/check_streaming.py --nemo model_repo/demo.nemo --model-dir model_repo/exported/demo \
   --manifest "$DATA/base_test.json" --limit 40 --json recipes/streaming_parity.json
