@@ -125,6 +125,19 @@ def serve(
 
 
 @app.command()
+def mic(
+    api_key: str = typer.Option(..., "--api-key", envvar="BROGUE_API_KEY", help="Your tenant API key."),
+    url: str = typer.Option("ws://127.0.0.1:8080/v1/stream", help="Gateway WebSocket URL."),
+    file: Optional[Path] = typer.Option(None, help="Stream this audio file in real time instead of the microphone."),
+    rate: int = typer.Option(16000, help="Microphone sample rate."),
+):
+    """Stream the microphone (or --file) and print partials and finals as they come."""
+    from brogue.clients.mic import run_mic
+
+    run_mic(url, api_key, file=file, rate=rate)
+
+
+@app.command()
 def demo(audio: Optional[Path] = typer.Argument(None, help="A 16 kHz WAV to stream (default: a test signal).")):
     """Start Triton on the demo model and stream audio through the base model and an adapter."""
     from brogue.clients.demo import run_demo

@@ -258,3 +258,19 @@ def test_triton_restart_mid_stream(tiny_repo, tmp_path):
     finally:
         stop_gateway(gw)
         triton.stop()
+
+
+def test_brogue_mic_streams_a_file_like_a_microphone(gateway, tiny_repo, tmp_path):
+    import io
+
+    import soundfile as sf
+
+    from brogue.clients.mic import run_mic
+
+    audio = speechlike(np.random.default_rng(18), 2.0)
+    sf.write(tmp_path / "a.wav", pcm16(audio), 16000, subtype="PCM_16")
+    out = io.StringIO()
+    finals = run_mic(gateway.ws_url, DEMO_KEYS["scot"], file=tmp_path / "a.wav", out=out)
+    text = "".join(f["transcript"] for f in finals).replace(" ", "")
+    assert text == reference_text(tiny_repo, pcm16(audio).astype(np.float32) / 32768, "scot").replace(" ", "")
+    assert "adapter scot@v1" in out.getvalue() and "…" in out.getvalue()
