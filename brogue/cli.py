@@ -138,11 +138,14 @@ def mic(
 
 
 @app.command()
-def demo(audio: Optional[Path] = typer.Argument(None, help="A 16 kHz WAV to stream (default: a test signal).")):
-    """Start Triton on the demo model and stream audio through the base model and an adapter."""
+def demo():
+    """The demo: Triton and the gateway on the demo model and tenants (browser page on :8080)."""
+    import logging
+
     from brogue.clients.demo import run_demo
 
-    run_demo(audio, console=console.print)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_demo(console=console.print)
 
 
 @app.command()
