@@ -92,8 +92,12 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
           triton_timeout: float = 240.0) -> None:
     """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block."""
     import contextlib
+    import signal
 
-    from .tritonserver import TritonProcess
+    from .tritonserver import TritonProcess, _raise_keyboard_interrupt
+
+    # SIGTERM (systemd, kubernetes, `kill`) must unwind like Ctrl-C, so the tritonserver we started stops too.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     model_dir = model_dir or model_repository / "exported" / "demo"
     with contextlib.ExitStack() as stack:
