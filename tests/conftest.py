@@ -75,6 +75,24 @@ def tiny_repo(tmp_path_factory) -> TinyRepo:
     return TinyRepo(root, model_dir, root / "adapters", refs, arrays, model)
 
 
+def reference_run(tiny_repo: TinyRepo, audio: np.ndarray, arrays: dict | None = None):
+    """``audio`` (16 kHz) streamed alone through the in-process runner, with ``arrays`` in slot 1 (or
+    the base model): the reference every served result is compared with. Returns (runner, tokens)."""
+    from brogue.engine.runner import StreamingRunner
+
+    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
+    if arrays is not None:
+        runner.bank.write(1, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
+    (st,) = runner.transcribe([audio], [0 if arrays is None else 1])
+    return runner, st.tokens
+
+
+def reference_text(tiny_repo: TinyRepo, audio: np.ndarray, adapter: str | None = None) -> str:
+    """The reference transcript of ``audio`` with the adapter named ``adapter`` (or the base model)."""
+    runner, tokens = reference_run(tiny_repo, audio, tiny_repo.arrays[adapter] if adapter else None)
+    return runner.detok.decode(tokens)
+
+
 def speechlike(rng, seconds: float) -> np.ndarray:
     """Random noise bursts (the tiny models are untrained: any signal will do, but vary it)."""
     n = int(seconds * 16000)

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_KEYS
+from conftest import DEMO_KEYS, reference_text
 
 from brogue.audio.codecs import AudioDecoder
-from brogue.engine.runner import StreamingRunner
 
 pytestmark = pytest.mark.nemo
 
@@ -49,15 +48,6 @@ def write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
         w.writeframes((audio * 32767).astype("<i2").tobytes())
 
 
-def reference_text(tiny_repo, audio16k, adapter=None) -> str:
-    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
-    slot = 0
-    if adapter:
-        a = tiny_repo.arrays[adapter]
-        runner.bank.write(1, a["ln_weight"], a["ln_bias"], a["down"], a["up"])
-        slot = 1
-    (st,) = runner.transcribe([audio16k], [slot])
-    return runner.detok.decode(st.tokens)
 
 
 def squash(text: str) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import riva.client
 import riva.client.proto.riva_asr_pb2 as rasr
-from conftest import DEMO_KEYS, speechlike
+from conftest import DEMO_KEYS, reference_text, speechlike
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from brogue.audio.codecs import AudioDecoder
@@ -28,15 +28,6 @@ from brogue.engine.runner import StreamingRunner
 pytestmark = pytest.mark.nemo
 
 
-def reference_text(tiny_repo, audio, adapter=None):
-    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
-    slot = 0
-    if adapter:
-        a = tiny_repo.arrays[adapter]
-        runner.bank.write(1, a["ln_weight"], a["ln_bias"], a["down"], a["up"])
-        slot = 1
-    (st,) = runner.transcribe([audio], [slot])
-    return runner.detok.decode(st.tokens)
 
 
 def write_wav(path, audio, rate=16000, channels=1):

@@ -17,10 +17,9 @@ from tritonclient.utils import InferenceServerException
 
 from brogue.adapters import publish_adapter
 from brogue.clients.triton_sequence import TritonSequence
-from brogue.engine.runner import StreamingRunner
 from brogue.export.nemo_export import fingerprint
 from brogue.server.tritonserver import TritonProcess
-from conftest import _random_arrays, model_config, speechlike
+from conftest import _random_arrays, model_config, reference_run, speechlike
 
 pytestmark = pytest.mark.nemo
 
@@ -37,13 +36,7 @@ def triton(tiny_repo):
 
 def reference_tokens(tiny_repo, audio, arrays=None):
     """Tokens of ``audio`` alone through the in-process runner, with ``arrays`` in slot 1 (or base)."""
-    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
-    slot = 0
-    if arrays is not None:
-        runner.bank.write(1, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
-        slot = 1
-    (st,) = runner.transcribe([audio], [slot])
-    return st.tokens
+    return reference_run(tiny_repo, audio, arrays)[1]
 
 
 def stream(url, corrid, audio, *, adapter="", model="asr_streaming", rng=None, pace=0.0, jitter=0.0,

@@ -13,21 +13,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from brogue.engine.runner import StreamingRunner
-from conftest import DEMO_KEYS, speechlike, start_gateway, stop_gateway
+from conftest import DEMO_KEYS, reference_text, speechlike, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.nemo
 
 
-def reference_text(tiny_repo, audio, adapter=None):
-    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
-    slot = 0
-    if adapter:
-        a = tiny_repo.arrays[adapter]
-        runner.bank.write(1, a["ln_weight"], a["ln_bias"], a["down"], a["up"])
-        slot = 1
-    (st,) = runner.transcribe([audio], [slot])
-    return runner.detok.decode(st.tokens)
 
 
 def pcm16(audio):
