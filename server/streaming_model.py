@@ -7,7 +7,7 @@ Per sequence (Triton correlation id) a :class:`~brogue.engine.stream.StreamState
 tail, the encoder caches, the decoder state and the adapter slot (Triton's implicit state does not
 work in the python backend, so the state lives here). A START request creates it, END frees it,
 and :meth:`StreamingModel.sweep` frees sequences idle for longer than ``idle_timeout`` (Triton's
-own idle timeout does not tell the model).
+own idle timeout does not tell the model); model.py runs it on a timer thread, not in ``execute()``.
 
 One :meth:`StreamingModel.execute` call takes the requests of many sequences, whatever adapters
 they use, and steps them together: one encoder run per graph needed (first chunk / steady state),
@@ -25,12 +25,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from brogue.adapters import AdapterError, AdapterRef
+from brogue.asr_io import ChunkReply
 from brogue.engine.runner import StreamingRunner
 from brogue.engine.stream import StreamState
 
@@ -58,17 +59,9 @@ class ChunkRequest:
 
 
 @dataclass
-class ChunkResult:
-    """What one request gets back."""
+class ChunkResult(ChunkReply):
+    """What one request gets back: the reply of docs/asr-streaming.md, or an error for it alone."""
 
-    tokens: list[int] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
-    blank_probs: list[float] = field(default_factory=list)
-    text: str = ""
-    frames_done: int = 0  # encoder frames decoded so far in this sequence
-    final: bool = False
-    adapter_ready: bool = True
     error: str | None = None
 
 
@@ -152,7 +145,6 @@ class StreamingModel:
                 r.final = end
                 if end:
                     self._drop(st.stream_id)
-        self.sweep()
         return results
 
     def _admit(self, req: ChunkRequest) -> tuple[StreamState, np.ndarray]:
