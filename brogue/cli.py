@@ -349,5 +349,116 @@ def eval_cmd(
     typer.echo(f"WER={r.wer * 100:.2f} CER={r.cer * 100:.2f}")
 
 
+def _clips_default() -> Path:
+    return REPO / "tests" / "data" / "demo" / "manifest.json"
+
+
+@app.command()
+def bench(
+    model_repository: Path = typer.Option(DEFAULT_MODEL_REPO, help="Model repository to copy and serve."),
+    model: str = typer.Option("demo", help="Exported model in MODEL_REPOSITORY/exported/."),
+    clips: Path = typer.Option(None, help="NeMo manifest of the clips to stream (default: the test clips)."),
+    out: Path = typer.Option(Path("bench-results"), help="Folder for bench.json, bench.md and the plots."),
+    level_seconds: float = typer.Option(30.0, help="Seconds of load per level."),
+    target_ms: Optional[float] = typer.Option(None, help="p95 end-of-speech-to-final target (default 300 + chunk ms)."),
+    limit: int = typer.Option(256, help="Most streams to try."),
+    levels: str = typer.Option("1,8,32", help="Levels always measured, besides the capacity search."),
+    compare_streams: int = typer.Option(8, help="Streams at a time in the throughput comparisons."),
+    nemo: Optional[Path] = typer.Option(None, help="The model's .nemo, to compare with NeMo's PyTorch streaming "
+                                                   "(default: MODEL_REPOSITORY/MODEL.nemo if present)."),
+    jitter_ms: float = typer.Option(20.0, help="Network jitter added to each audio frame's send time."),
+    spread_s: float = typer.Option(2.0, help="Callers start within this many seconds."),
+    apis: str = typer.Option("ws,riva", help="APIs the callers use, in turn."),
+):
+    """Capacity, latency percentiles and side-by-side throughput ratios through a real Triton + gateway."""
+    from brogue.bench.run import run_bench
+
+    repo = model_repository
+    nemo = nemo or (repo / f"{model}.nemo")
+    result = run_bench(repo, clips or _clips_default(), out, model=model, level_seconds=level_seconds,
+                       target_ms=target_ms, limit=limit, fixed=tuple(int(x) for x in levels.split(",") if x),
+                       compare_streams=compare_streams, nemo=nemo if nemo.is_file() else None,
+                       jitter_ms=jitter_ms, spread_s=spread_s, apis=tuple(apis.split(",")),
+                       log=lambda m: console.print(m, highlight=False))
+    typer.echo((out / "bench.md").read_text())
+    for k, v in result["ratios"].items():
+        typer.echo(f"ratio {k}={v}")
+    typer.echo(f"capacity streams={result['capacity']}")
+
+
+def _fault_stack(model_repository: Path, model: str, workdir: Path):
+    from brogue.bench.stack import Stack
+
+    return Stack(model_repository, workdir, model=model)
+
+
+@app.command()
+def faults(
+    only: list[str] = typer.Option([], help="Scenario(s) to run (default: all): triton_restart, gateway_restart, "
+                                            "adapter_publish, slow_client."),
+    model_repository: Path = typer.Option(DEFAULT_MODEL_REPO),
+    model: str = typer.Option("demo"),
+    clips: Path = typer.Option(None, help="NeMo manifest of the clips (default: the test clips)."),
+    streams: int = typer.Option(8, help="Callers under load during each fault."),
+    out: Path = typer.Option(Path("bench-results") / "faults.json"),
+):
+    """Fault scripts under load: Triton killed, gateway restarted, adapters published, a slow client."""
+    import json
+    import tempfile
+
+    from brogue.bench.faults import SCENARIOS
+    from brogue.bench.run import load_clips
+
+    names = only or list(SCENARIOS)
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        _fail(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    clip_list = load_clips(clips or _clips_default())
+    results = []
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix="brogue-faults-") as tmp:
+            with _fault_stack(model_repository, model, Path(tmp)) as stack:
+                console.print(f"{name}: running", highlight=False)
+                kw = {} if name == "slow_client" else {"n": streams}
+                r = SCENARIOS[name](stack, clip_list, **kw)
+                results.append(r)
+                console.print(f"{name}: {'ok' if r['ok'] else 'FAILED'} {json.dumps(r)}", highlight=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    for r in results:
+        typer.echo(f"{r['scenario']}: {'ok' if r['ok'] else 'FAILED'} streams={r['streams']} errors={r['errors']}")
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def soak(
+    minutes: float = typer.Option(30.0),
+    streams: int = typer.Option(..., help="Concurrent callers (e.g. 70% of `brogue bench`'s capacity)."),
+    model_repository: Path = typer.Option(DEFAULT_MODEL_REPO),
+    model: str = typer.Option("demo"),
+    clips: Path = typer.Option(None, help="NeMo manifest of the clips (default: the test clips)."),
+    out: Path = typer.Option(Path("bench-results") / "soak.json"),
+):
+    """A long fixed load: errors, RSS, live streams and Triton sequences sampled throughout."""
+    import json
+    import tempfile
+
+    from brogue.bench.faults import soak as run_soak
+    from brogue.bench.run import load_clips
+
+    clip_list = load_clips(clips or _clips_default())
+    with tempfile.TemporaryDirectory(prefix="brogue-soak-") as tmp:
+        with _fault_stack(model_repository, model, Path(tmp)) as stack:
+            r = run_soak(stack, clip_list, streams, minutes, log=lambda m: console.print(m, highlight=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1) + "\n")
+    typer.echo(f"soak: {'ok' if r['ok'] else 'FAILED'} minutes={minutes:g} callers={streams} streams={r['streams']} "
+               f"errors={r['errors']} rss_after_1_min={r['rss_after_1_min']} rss_end={r['rss_end']} "
+               f"after_load={r['after_load']}")
+    if not r["ok"]:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

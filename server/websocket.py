@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 import weakref
 from dataclasses import asdict, dataclass
@@ -49,6 +50,9 @@ class ConnectionLimits:
     idle_seconds: float = 30.0
     config_seconds: float = 10.0
     send_seconds: float = 10.0  # a client that does not read its results for this long is dropped
+    # Kernel send buffer of each connection: with the library's 32 KiB write limit, what a client that
+    # stops reading can make the gateway hold (results are small: 64 KiB is seconds of them).
+    send_buffer_bytes: int = 64 << 10
 
 
 def parse_config(text) -> SessionConfig:
@@ -139,6 +143,9 @@ class WebSocketFrontEnd:
             await ws.close(1008, "not authenticated")
             return
         lim = self.limits
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None and lim.send_buffer_bytes:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, lim.send_buffer_bytes)
         try:
             try:
                 config = parse_config(await asyncio.wait_for(ws.recv(), lim.config_seconds))
@@ -164,8 +171,14 @@ class WebSocketFrontEnd:
             await ws.close(1000, "stream complete")
         except StreamError as e:
             await self._fail(ws, e)
-        except ConnectionClosed:
-            log.info("client of tenant %s went away", tenant.name)
+        except ConnectionClosed as e:
+            if e.rcvd is None and e.sent is not None and e.sent.code == 1011:
+                # keepalive ping timeout: the client stopped reading (its pongs queue behind unread
+                # results) or its network died; either way it is dropped, as a too-slow client
+                self.gateway.metrics.errors.labels("slow_client", "ws").inc()
+                log.info("client of tenant %s stopped reading (%s): dropped", tenant.name, e.sent.reason)
+            else:
+                log.info("client of tenant %s went away", tenant.name)
         except Exception as e:  # a bug must cost one stream, with a clear error, never the gateway
             log.exception("stream of tenant %s failed", tenant.name)
             await self._fail(ws, StreamError("internal", f"internal error: {type(e).__name__}"))

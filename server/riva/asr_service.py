@@ -240,8 +240,9 @@ class _Processed:
 def check_config(gateway: Gateway, rc) -> None:
     """Refuse what does not apply, before any audio (module docstring)."""
     if rc.encoding not in ENCODINGS:
-        raise StreamError("bad_request", f"encoding {raudio.AudioEncoding.Name(rc.encoding)} is not supported; "
-                                         "use LINEAR_PCM, MULAW or ALAW")
+        # an open enum: a client may send a value this proto version has no name for
+        name = raudio.AudioEncoding.Name(rc.encoding) if rc.encoding in raudio.AudioEncoding.values() else rc.encoding
+        raise StreamError("bad_request", f"encoding {name} is not supported; use LINEAR_PCM, MULAW or ALAW")
     if rc.audio_channel_count > 1:
         raise StreamError("bad_request", f"audio_channel_count {rc.audio_channel_count}: only mono is supported "
                                          "(send one stream per channel)")

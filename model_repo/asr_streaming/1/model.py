@@ -45,14 +45,43 @@ class TritonPythonModel:
             max_chunk_samples=int(params.get("MAX_CHUNK_SAMPLES", "160000")),
             pin=pin,
         )
+        self._metrics = self._make_metrics()
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="sequence-sweeper", daemon=True)
         self._sweeper.start()
 
+    def _make_metrics(self):
+        """Gauges on Triton's metrics port (python backend custom metrics): live sequences, swept
+        sequences and model errors, so a soak can see state that leaks. None on servers without them."""
+        if not hasattr(pb_utils, "MetricFamily"):
+            return None
+        gauge = pb_utils.MetricFamily.GAUGE
+        fams = {
+            "live": ("brogue_asr_live_sequences", "Sequences holding state in asr_streaming"),
+            "swept": ("brogue_asr_swept_sequences", "Sequences freed by the idle sweep, since start"),
+            "errors": ("brogue_asr_request_errors", "Requests answered with an error, since start"),
+        }
+        # The families must outlive their metrics: keep both.
+        self._metric_families = {k: pb_utils.MetricFamily(name=n, description=d, kind=gauge) for k, (n, d) in fams.items()}
+        return {k: f.Metric(labels={}) for k, f in self._metric_families.items()}
+
+    def _publish_metrics(self):
+        if self._metrics is None:
+            return
+        m, st = self._metrics, self.model.stats
+        try:
+            m["live"].set(len(self.model.streams))
+            m["swept"].set(st.swept)
+            m["errors"].set(st.errors)
+        except Exception:  # noqa: BLE001 - metrics must never fail a request
+            logging.getLogger(__name__).exception("asr_streaming: metrics update failed")
+            self._metrics = None
+
     def _sweep(self):
-        period = max(1.0, self.model.idle_timeout / 4)
+        period = max(1.0, min(5.0, self.model.idle_timeout / 4))
         while not self._stop.wait(period):
             self.model.sweep_locked()
+            self._publish_metrics()
 
     def execute(self, requests):
         chunks = []
@@ -83,6 +112,7 @@ class TritonPythonModel:
                 pb_utils.Tensor("FINAL", np.asarray([[res.final]], dtype=np.bool_)),
                 pb_utils.Tensor("ADAPTER_READY", np.asarray([[res.adapter_ready]], dtype=np.bool_)),
             ]))
+        self._publish_metrics()
         return responses
 
     def finalize(self):

@@ -1,0 +1,309 @@
+"""The soak and the fault scripts (``brogue soak``, ``brogue faults``): bounded in time, loopback only.
+
+Each scenario runs real callers (:mod:`.load`) against a real :class:`~.stack.Stack`, does one
+thing to it mid-load, and returns numbers: streams run, errors by kind, what happened to the streams
+the fault hit, and whether streams after it succeed. A scenario's ``ok`` is its pass/fail verdict;
+the numbers are the evidence.
+
+- ``triton_restart``: tritonserver is killed (SIGKILL) and restarted on the same port;
+- ``gateway_restart``: the gateway is stopped (SIGTERM) and started again; an unmodified Riva client
+  streaming across the restart must get a clean gRPC error;
+- ``adapter_publish``: a new adapter version is published and assigned every 10 s;
+- ``slow_client``: a client that never reads its results, beside normal callers;
+- :func:`soak`: a fixed load for many minutes, sampling RSS, live streams and Triton's live sequences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .clients import StreamRecord, pcm16_of
+from .load import Clip, _caller, percentiles
+from .procstat import tree_usage
+from .stack import ADMIN_TOKEN, Stack
+
+CLEAN = {"unavailable", "UNAVAILABLE"}
+
+
+class BackgroundLoad:
+    """``n`` callers in a thread until :meth:`stop` (or ``seconds``)."""
+
+    def __init__(self, stack: Stack, clips: list[Clip], n: int, *, seconds: float = 3600, apis=("ws", "riva"),
+                 tenants=None, jitter_ms: float = 20.0, spread_s: float = 2.0, seed: int = 0):
+        self.records: list[StreamRecord] = []
+        self._stop_at = time.monotonic() + seconds
+        self._stopped = threading.Event()
+        args = (stack, clips, n, list(apis), tenants, jitter_ms, spread_s, seed)
+        self._thread = threading.Thread(target=self._run, args=args, daemon=True, name="load")
+
+    def _run(self, stack, clips, n, apis, tenants, jitter_ms, spread_s, seed):
+        import grpc
+
+        async def main():
+            channel = grpc.aio.insecure_channel(stack.grpc_url)
+            done = lambda: self._stopped.is_set() or time.monotonic() >= self._stop_at  # noqa: E731
+            try:
+                await asyncio.gather(*(_caller(stack, i, clips, apis, done, spread_s, jitter_ms, seed, self.records,
+                                               channel, tenants) for i in range(n)))
+            finally:
+                await channel.close()
+
+        asyncio.run(main())
+
+    def start(self) -> "BackgroundLoad":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[StreamRecord]:
+        self._stopped.set()
+        self._thread.join()
+        return self.records
+
+
+def _code(rec: StreamRecord) -> str | None:
+    return None if rec.error is None else rec.error.split(":", 1)[0]
+
+
+def _summary(records: list[StreamRecord]) -> dict:
+    codes: dict[str, int] = {}
+    for r in records:
+        if r.error:
+            codes[_code(r)] = codes.get(_code(r), 0) + 1
+    ok = [r for r in records if r.finished]
+    return {"streams": len(records), "ok": len(ok), "errors": len(records) - len(ok), "error_codes": codes,
+            "final_latency": percentiles([r.final_latency_s for r in ok])}
+
+
+def _window(records, t0, t1):
+    """Streams that were live at some point of [t0, t1]."""
+    return [r for r in records if r.t_start <= t1 and r.t_end >= t0]
+
+
+def triton_restart(stack: Stack, clips: list[Clip], n: int = 8, down_s: float = 3.0, warm_s: float = 10.0,
+                   after_s: float = 20.0) -> dict:
+    load = BackgroundLoad(stack, clips, n).start()
+    time.sleep(warm_s)
+    gw_pid = stack.gateway.pid
+    t_kill = time.monotonic()
+    stack.kill_triton()
+    time.sleep(down_s)
+    stack.start_triton()
+    t_up = time.monotonic()
+    time.sleep(after_s)
+    records = load.stop()
+    hit = [r for r in _window(records, t_kill, t_up + 2.5) if r.error]  # the pool retries a down instance after 2 s
+    before = [r for r in records if r.t_end < t_kill]
+    after = [r for r in records if r.t_start > t_up + 2.5]
+    unclean = sorted({r.error for r in hit if _code(r) not in CLEAN})
+    return {"scenario": "triton_restart", **_summary(records), "restart_s": round(t_up - t_kill, 1),
+            "streams_hit": len(hit), "hit_codes": sorted({_code(r) for r in hit}), "unclean_errors": unclean[:5],
+            "before_errors": sum(1 for r in before if r.error), "after_streams": len(after),
+            "after_errors": sum(1 for r in after if r.error), "gateway_restarted": stack.gateway.pid != gw_pid,
+            "ok": not unclean and len(after) > 0 and not any(r.error for r in after) and not any(r.error for r in before)
+            and stack.gateway.poll() is None and stack.gateway.pid == gw_pid}
+
+
+def _riva_across(stack: Stack, audio: np.ndarray, out: dict) -> None:
+    """The unmodified nvidia-riva-client streaming ``audio`` in real time; records how it ended."""
+    import grpc
+    import riva.client
+
+    auth = riva.client.Auth(uri=stack.grpc_url, metadata_args=[["x-api-key", stack.tenants[0].key]])
+    asr = riva.client.ASRService(auth)
+    cfg = riva.client.StreamingRecognitionConfig(
+        config=riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.LINEAR_PCM, sample_rate_hertz=16000,
+                                             language_code="en-US", max_alternatives=1), interim_results=True)
+    pcm = pcm16_of(audio)
+
+    def chunks():
+        for i in range(0, len(pcm), 3200):
+            time.sleep(0.1)
+            yield pcm[i:i + 3200]
+
+    try:
+        for _ in asr.streaming_response_generator(audio_chunks=chunks(), streaming_config=cfg):
+            pass
+        out["outcome"] = "completed"
+    except grpc.RpcError as e:
+        out["outcome"] = f"{e.code().name}: {e.details()}"
+    except Exception as e:  # noqa: BLE001 - anything else is an unclean failure, reported as such
+        out["outcome"] = f"unclean {type(e).__name__}: {e}"
+
+
+def gateway_restart(stack: Stack, clips: list[Clip], n: int = 8, warm_s: float = 8.0, after_s: float = 20.0) -> dict:
+    load = BackgroundLoad(stack, clips, n).start()
+    time.sleep(warm_s)
+    long_audio = np.concatenate([np.frombuffer(c.pcm16, "<i2").astype(np.float32) / 32768 for c in clips] * 3)[:16000 * 30]
+    riva_out: dict = {}
+    rt = threading.Thread(target=_riva_across, args=(stack, long_audio, riva_out))
+    rt.start()
+    time.sleep(3)
+    t_stop = time.monotonic()
+    stack.stop_gateway()
+    stack.start_gateway()
+    t_up = time.monotonic()
+    time.sleep(after_s)
+    records = load.stop()
+    rt.join()
+    hit = [r for r in _window(records, t_stop, t_up) if r.error]
+    after = [r for r in records if r.t_start > t_up + 0.5]
+    riva_clean = riva_out.get("outcome", "").split(":")[0] in ("UNAVAILABLE", "CANCELLED")
+    return {"scenario": "gateway_restart", **_summary(records), "restart_s": round(t_up - t_stop, 1),
+            "streams_hit": len(hit), "hit_errors": sorted({r.error for r in hit})[:5], "after_streams": len(after),
+            "after_errors": sum(1 for r in after if r.error), "riva_client": riva_out.get("outcome"),
+            "ok": riva_clean and len(after) > 0 and not any(r.error for r in after)}
+
+
+def adapter_publish(stack: Stack, clips: list[Clip], n: int = 8, seconds: float = 60, every: float = 10) -> dict:
+    import tempfile
+
+    from brogue.adapters import publish_adapter
+    from brogue.adapters.format import read_adapter
+    from brogue.clients.admin import AdminClient, push_request
+
+    tenants = [t for t in stack.tenants if t.adapter]
+    target = tenants[0]
+    name, version = target.adapter.split("@")
+    w = read_adapter(stack.root / "adapters" / name / version, None)
+    rng = np.random.default_rng(0)
+    load = BackgroundLoad(stack, clips, n, tenants=tenants).start()
+    published = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, AdminClient(stack.admin_url, ADMIN_TOKEN) as admin:
+        k = 0
+        while time.monotonic() - t0 < seconds:
+            time.sleep(max(0.0, t0 + (k + 1) * every - time.monotonic()))
+            k += 1
+            arrays = {"ln_weight": w.ln_weight, "ln_bias": w.ln_bias, "down": w.down,
+                      "up": (w.up + 1e-4 * rng.standard_normal(w.up.shape)).astype(np.float32)}
+            m = publish_adapter(tmp, arrays, name=name, version=f"bench{k}", base_fingerprint=w.manifest.base_fingerprint)
+            t = time.monotonic()
+            admin.publish(push_request(Path(tmp) / name / m.version))
+            admin.assign(target.name, f"{name}@{m.version}")
+            published.append(round((time.monotonic() - t) * 1000, 1))
+    time.sleep(5)
+    records = load.stop()
+    s = _summary(records)
+    on_target = [r for r in records if r.tenant == target.name]
+    return {"scenario": "adapter_publish", **s, "publishes": len(published), "publish_assign_ms": published,
+            "target_tenant_streams": len(on_target), "ok": s["errors"] == 0 and len(published) > 0}
+
+
+async def _never_reads(stack: Stack, audio: bytes, rcvbuf: int, timeout: float) -> dict:
+    """A client with a tiny receive buffer that streams ``audio`` as fast as it can and reads nothing."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.http_port))
+    t0 = time.monotonic()
+    sent = 0
+    async with connect(stack.ws_url, sock=sock, additional_headers={"Authorization": f"Bearer {stack.tenants[0].key}"},
+                       max_queue=4) as ws:
+        # no endpoints: one long utterance, whose partials carry its whole transcript so far
+        await ws.send('{"type": "config", "endpointing": {"stop_history_ms": 60000, "stop_history_eou_ms": 60000}}')
+        try:
+            async with asyncio.timeout(timeout):
+                for i in range(0, len(audio), 32000):
+                    await ws.send(audio[i:i + 32000])
+                    sent += 1
+                await ws.wait_closed()
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            return {"disconnected": False, "after_s": None, "frames_sent": sent}
+        # what the server said as it closed (it may be queued behind unread results)
+        code = ws.close_code if ws.close_code is not None else (ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None)
+        reason = ws.close_reason or (ws.protocol.close_rcvd.reason if ws.protocol.close_rcvd else "")
+    return {"disconnected": True, "after_s": round(time.monotonic() - t0, 1), "frames_sent": sent,
+            "close_code": code, "close_reason": reason}
+
+
+def _errors_total(stack: Stack, kind: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(stack.metrics_url, timeout=10).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "brogue_errors"
+               for s in f.samples if s.name == "brogue_errors_total" and s.labels.get("kind") == kind)
+
+
+def slow_client(stack: Stack, clips: list[Clip], n: int = 4, audio_s: float = 600, rcvbuf: int = 4096,
+                timeout: float = 180) -> dict:
+    """A client that never reads, beside ``n`` normal callers: it must be dropped and counted as
+    ``slow_client``, either when its results fill the bounded buffers and a send waits longer than
+    the send timeout, or, with little to read, when its unanswered keepalive pings time out (20 + 20
+    s); the callers must not notice, and the gateway's RSS must not grow with what it did not read."""
+    one = b"".join(c.pcm16 for c in clips)
+    audio = (one * int(audio_s * 32000 / len(one) + 1))[: int(audio_s * 32000)]
+    _, rss0 = tree_usage(stack.gateway.pid)
+    slow_before = _errors_total(stack, "slow_client")
+    load = BackgroundLoad(stack, clips, n, tenants=stack.tenants[1:] or None).start()
+    slow = asyncio.run(_never_reads(stack, audio, rcvbuf, timeout))
+    _, rss1 = tree_usage(stack.gateway.pid)
+    time.sleep(5)
+    records = load.stop()
+    s = _summary(records)
+    slow["server_counted_slow_client"] = _errors_total(stack, "slow_client") - slow_before
+    return {"scenario": "slow_client", **s, "slow": slow, "gateway_rss_mb": [round(rss0 / 2**20, 1), round(rss1 / 2**20, 1)],
+            "ok": slow["disconnected"] and slow["server_counted_slow_client"] >= 1 and s["errors"] == 0}
+
+
+SCENARIOS = {"triton_restart": triton_restart, "gateway_restart": gateway_restart,
+             "adapter_publish": adapter_publish, "slow_client": slow_client}
+
+
+def triton_live_sequences(stack: Stack) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(stack.triton.metrics_url, timeout=10).read().decode()
+    except OSError:
+        return None
+    for f in text_string_to_metric_families(text):
+        if f.name == "brogue_asr_live_sequences":
+            return sum(s.value for s in f.samples)
+    return None
+
+
+def gateway_active_streams(stack: Stack) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(stack.metrics_url, timeout=10).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "brogue_active_streams"
+               for s in f.samples)
+
+
+def soak(stack: Stack, clips: list[Clip], n: int, minutes: float, sample_s: float = 15.0, log=print) -> dict:
+    """``n`` callers for ``minutes``; RSS, gateway streams and Triton sequences every ``sample_s``."""
+    load = BackgroundLoad(stack, clips, n).start()
+    samples = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < minutes * 60:
+        time.sleep(sample_s)
+        _, g = tree_usage(stack.gateway.pid)
+        _, t = tree_usage(stack.triton.pid)
+        samples.append({"t_s": round(time.monotonic() - t0), "gateway_rss_mb": round(g / 2**20, 1),
+                        "triton_rss_mb": round(t / 2**20, 1), "gateway_streams": gateway_active_streams(stack),
+                        "triton_sequences": triton_live_sequences(stack), "streams_done": len(load.records),
+                        "errors": sum(1 for r in load.records if r.error)})
+        if len(samples) % 8 == 1:
+            log(f"  {samples[-1]}")
+    records = load.stop()
+    time.sleep(2)
+    end = {"gateway_streams": gateway_active_streams(stack), "triton_sequences": triton_live_sequences(stack)}
+    warm = samples[min(len(samples) - 1, max(0, int(60 / sample_s)))]  # after the first minute
+    last = samples[-1]
+    growth = {k: round(last[k] - warm[k], 1) for k in ("gateway_rss_mb", "triton_rss_mb")}
+    s = _summary(records)
+    return {"scenario": "soak", "minutes": minutes, "callers": n, **s, "rss_after_1_min": {k: warm[k] for k in growth},
+            "rss_end": {k: last[k] for k in growth}, "rss_growth_mb": growth, "after_load": end, "samples": samples,
+            "ok": s["errors"] == 0 and end["gateway_streams"] == 0 and (end["triton_sequences"] or 0) == 0}

@@ -1,0 +1,197 @@
+"""The system under test: a tritonserver and a gateway (``brogue serve --triton-url``) on loopback.
+
+:class:`Stack` copies a model repository into a work folder, publishes extra copies of its adapters
+there until the bank holds ``adapters`` different ones, writes a tenants file with one tenant per
+adapter plus ``base`` (keys ``bench-NAME``), and starts both servers as child processes. Each can be
+killed and restarted on the same ports (the fault scripts do), and their PIDs feed :mod:`.procstat`.
+The committed repository is never written to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from brogue.adapters import publish_adapter
+from brogue.adapters.format import read_adapter
+from brogue.engine.metadata import ModelMeta
+from brogue.server.tenants import key_hash
+from brogue.server.tritonserver import TritonProcess, _free_ports
+
+ADMIN_TOKEN = "bench-admin-token"
+
+
+@dataclass(frozen=True)
+class BenchTenant:
+    name: str
+    key: str
+    adapter: str  # name@version, "" = base
+
+
+@dataclass
+class Stack:
+    """``repo``: a model repository with ``exported/MODEL``, ``adapters/`` and ``asr_streaming/``."""
+
+    repo: Path
+    workdir: Path
+    model: str = "demo"
+    adapters: int = 8  # distinct adapters in the bank (copies of the repo's ones are added if fewer)
+    bank_slots: int = 16
+    max_streams: int = 512  # per tenant: the bench measures the servers, not the tenant limits
+    tenants: list[BenchTenant] = field(default_factory=list)
+    triton: TritonProcess | None = None
+    gateway: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        self.workdir = Path(self.workdir)
+        self.root = self.workdir / "repo"
+        self.http_port, self.grpc_port, self.admin_port = _free_ports("127.0.0.1", (None, None, None))
+        self.triton_grpc_port = None
+
+    # -- set up ---------------------------------------------------------------------------------
+
+    def prepare(self) -> "Stack":
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        shutil.copytree(self.repo / "exported" / self.model, self.root / "exported" / self.model)
+        shutil.copytree(self.repo / "asr_streaming", self.root / "asr_streaming")
+        store = self.root / "adapters"
+        if (self.repo / "adapters").is_dir():
+            shutil.copytree(self.repo / "adapters", store)
+        store.mkdir(exist_ok=True)
+        cfg = (self.root / "asr_streaming" / "config.pbtxt").read_text()
+        cfg = cfg.replace('string_value: "exported/demo"', f'string_value: "exported/{self.model}"')
+        import re
+
+        cfg = re.sub(r'(key: "BANK_SLOTS", value: \{ string_value: )"\d+"', rf'\1"{self.bank_slots}"', cfg)
+        (self.root / "asr_streaming" / "config.pbtxt").write_text(cfg)
+        refs = self._adapter_refs(store)
+        self.tenants = [BenchTenant("base", "bench-base", "")] + [
+            BenchTenant(ref.split("@")[0], f"bench-{ref.split('@')[0]}", ref) for ref in refs]
+        lines = [f'admin_token_sha256 = "{key_hash(ADMIN_TOKEN)}"', ""]
+        for t in self.tenants:
+            lines += [f"[tenants.{t.name}]", f'api_keys_sha256 = ["{key_hash(t.key)}"]', f'adapter = "{t.adapter}"',
+                      f"max_streams = {self.max_streams}", "max_stream_seconds = 36000", ""]
+        self.tenants_file.write_text("\n".join(lines))
+        return self
+
+    def _adapter_refs(self, store: Path) -> list[str]:
+        """The newest version of each adapter in the store, topped up with renamed copies."""
+        meta = ModelMeta.load(self.root / "exported" / self.model)
+        refs = []
+        for d in sorted(p for p in store.iterdir() if p.is_dir()):
+            versions = sorted((v for v in d.iterdir() if (v / "manifest.json").is_file()), key=lambda v: v.stat().st_mtime)
+            if versions:
+                refs.append(f"{d.name}@{versions[-1].name}")
+        if not refs:
+            raise RuntimeError(f"{self.repo}/adapters holds no adapter: the bench needs at least one")
+        i = 0
+        while len(refs) < self.adapters:
+            name, version = refs[i % len(refs)].split("@")
+            w = read_adapter(store / name / version, None)
+            arrays = {"ln_weight": w.ln_weight, "ln_bias": w.ln_bias, "down": w.down, "up": w.up}
+            m = publish_adapter(store, arrays, name=f"{name}-copy{i}", version="v1", base_fingerprint=meta.fingerprint)
+            refs.append(f"{m.name}@{m.version}")
+            i += 1
+        return refs[: self.adapters]
+
+    @property
+    def tenants_file(self) -> Path:
+        return self.workdir / "tenants.toml"
+
+    @property
+    def meta(self) -> ModelMeta:
+        return ModelMeta.load(self.root / "exported" / self.model)
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def start_triton(self, timeout: float = 240) -> None:
+        self.triton = TritonProcess(self.root, models=("asr_streaming",), grpc_port=self.triton_grpc_port,
+                                    log_file=self.workdir / "triton.log").start(timeout=timeout)
+        self.triton_grpc_port = self.triton.grpc_port
+
+    def kill_triton(self) -> None:
+        """A crash: SIGKILL, then reap the stubs and shared memory."""
+        os.kill(self.triton.pid, signal.SIGKILL)
+        self.triton.stop()
+
+    def start_gateway(self, timeout: float = 60) -> None:
+        log = (self.workdir / "gateway.log").open("a")
+        cmd = [sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(self.root),
+               "--model-dir", str(self.root / "exported" / self.model), "--tenants", str(self.tenants_file),
+               "--triton-url", self.triton.grpc_url, "--http-port", str(self.http_port),
+               "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port), "--log-level", "WARNING"]
+        self.gateway = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.gateway.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.gateway.returncode}; see {self.workdir / 'gateway.log'}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.gateway.kill()
+                    raise RuntimeError(f"gateway not up within {timeout:g} s") from None
+                time.sleep(0.1)
+
+    def stop_gateway(self, sig: int = signal.SIGTERM) -> None:
+        if self.gateway is not None and self.gateway.poll() is None:
+            self.gateway.send_signal(sig)
+            try:
+                self.gateway.wait(15)
+            except subprocess.TimeoutExpired:
+                self.gateway.kill()
+                self.gateway.wait()
+
+    def start(self) -> "Stack":
+        self.prepare()
+        self.start_triton()
+        self.start_gateway()
+        return self
+
+    def stop(self) -> None:
+        self.stop_gateway()
+        if self.triton is not None:
+            self.triton.stop()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------------------------------
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/v1/stream"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/metrics"
+
+    def pids(self) -> dict[str, int]:
+        """``gateway`` and ``triton`` (the tritonserver; its python stubs are its children)."""
+        out = {}
+        if self.gateway is not None and self.gateway.poll() is None:
+            out["gateway"] = self.gateway.pid
+        if self.triton is not None and self.triton.pid:
+            out["triton"] = self.triton.pid
+        return out
