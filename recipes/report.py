@@ -179,10 +179,13 @@ def main(argv=None):
 
 
 def update_readme(readme: Path, block: str) -> None:
-    """Replace the generated block inside the section; create the section at the end if missing."""
+    """Replace the generated block inside the section; create the section before "## Docs" (or at
+    the end) if missing."""
     text = readme.read_text()
     if START in text and END in text:
         text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    elif "\n## Docs\n" in text:
+        text = text.replace("\n## Docs\n", f"\n{SECTION}\n\n{INTRO}\n\n{block}\n\n## Docs\n", 1)
     else:
         text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}\n\n{block}\n"
     readme.write_text(text)

@@ -1,18 +1,23 @@
 """Train the demo base model: a small cache-aware streaming FastConformer-CTC on the base set only.
 
-    python recipes/train_base.py --data /work/data --out model_repo/demo.nemo --minutes 11
+    python recipes/train_base.py --data /work/data --out model_repo/demo.nemo --minutes 80 \
+        --batch-size 16 --lr 2e-3 --warmup 300 --vocab char --subsampling 4
 
-SentencePiece BPE vocabulary of 512 pieces trained on the base-set text (TTS speech runs up to ~18
-characters per second: too many for CTC over characters at 80 ms frames; 128 pieces still leave only ~1.6
-frames per piece, and CTC then stays on its blank plateau), 4 layers
-x 144, subsampling 8 (80 ms frames), att_context_size [72, 5]: chunks of 6 encoder frames = 480 ms,
-5.8 s of left context; rel-pos table 512 (small ONNX constant).
-AdamW, no SpecAugment (a short CPU budget: every step must go to leaving CTC's blank plateau); the learning rate warms up over --warmup steps, then decays on a cosine over
-the wall-clock budget (--minutes), so the model ends annealed however fast this host is (2 shared
-cores here). Batches hold utterances of similar length (less padding), shortest first (SortaGrad: CTC leaves
-its all-blank plateau sooner on short utterances); later epochs repeat the order.
-Stops after --minutes or --max-steps, whichever comes first. Runs with PyTorch Lightning on CPU here and unchanged on a GPU (--accelerator gpu).
-Writes the .nemo and ``<out>.train.json`` (steps, epochs, seconds, peak RSS, last loss).
+What the demo uses (recipes/make_demo.sh): the 28-character vocabulary, 4 layers x 144, subsampling
+4 (40 ms frames), att_context_size [72, 5]: chunks of 6 encoder frames = 240 ms, 2.9 s of left
+context; rel-pos table 512 (a small ONNX constant). Measured here: with 80 ms frames (subsampling
+8), neither characters (too few frames: TTS speech reaches 18+ characters per second) nor BPE-128
+or BPE-512 left CTC's all-blank plateau within 150-1600 steps; characters at 40 ms frames emit
+recognisable letters by step 400. ``--vocab N`` trains a SentencePiece BPE of N pieces instead.
+
+AdamW, no SpecAugment (a short CPU budget: every step must go to leaving the plateau); the learning
+rate warms up over --warmup steps, then decays on a cosine over the wall-clock budget (--minutes),
+so the model ends annealed however fast this host is. Batches hold utterances of similar length
+(less padding); the first pass runs them shortest first (SortaGrad), later passes in random order.
+Every --probe-every steps it prints a greedy WER on 16 base-test utterances (a progress probe).
+Stops after --minutes or --max-steps, whichever comes first. Runs with PyTorch Lightning on CPU here
+and unchanged on a GPU (--accelerator gpu). Writes the .nemo and ``<out>.train.json`` (steps, epochs,
+seconds, peak RSS, last loss).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 D_MODEL, N_LAYERS, N_HEADS = 144, 4, 4
 ATT_CONTEXT = (72, 5)
-SUBSAMPLING = 8
+SUBSAMPLING = 4
 VOCAB = 512
 
 
@@ -67,22 +72,60 @@ def data_config(manifest, batch_size, shuffle, max_duration=16.0) -> dict:
             "num_workers": 0, "pin_memory": False, "trim_silence": False}
 
 
-def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int) -> Path:
-    """Rows sorted by duration, cut into batches, shortest first (seeded order within a duration):
-    use with shuffle=False."""
+def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int, epochs: int = 40,
+                      max_cps: float = 22.0) -> Path:
+    """``epochs`` passes over the rows in one file, for use with shuffle=False. Every pass is cut into
+    batches of similar duration (little padding); the first pass runs them shortest first (SortaGrad:
+    CTC leaves its blank plateau sooner on short utterances), later passes in a seeded random order.
+    Rows faster than ``max_cps`` characters per second (broken synthesis) are left out."""
     import random
 
+    rng = random.Random(seed)
     rows = [json.loads(l) for l in open(manifest) if l.strip()]
-    random.Random(seed).shuffle(rows)
-    rows.sort(key=lambda r: round(r["duration"], 1))
-    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    rows = [r for r in rows if len(r["text"]) / r["duration"] <= max_cps]
+    for r in rows:
+        a = Path(r["audio_filepath"])
+        r["audio_filepath"] = str(a if a.is_absolute() else (manifest.parent / a).resolve())
     with open(out, "w") as f:
-        for b in batches:
-            for r in b:
-                a = Path(r["audio_filepath"])
-                r["audio_filepath"] = str(a if a.is_absolute() else (manifest.parent / a).resolve())
-                f.write(json.dumps(r) + "\n")
+        for epoch in range(epochs):
+            rng.shuffle(rows)
+            rows.sort(key=lambda r: round(r["duration"], 1))
+            batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+            if epoch:
+                rng.shuffle(batches)
+            for b in batches:
+                for r in b:
+                    f.write(json.dumps(r) + "\n")
     return out
+
+
+def greedy_wer(model, rows: list[dict]) -> tuple[float, list[str]]:
+    """Greedy CTC WER (%) of ``model`` on ``rows`` (full-context forward: a progress probe only)."""
+    import jiwer
+    import soundfile as sf
+    import torch
+
+    hyps = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for r in rows:
+            x, _ = sf.read(r["audio_filepath"], dtype="float32")
+            lp, ln, _ = model.forward(input_signal=torch.from_numpy(x)[None], input_signal_length=torch.tensor([len(x)]))
+            ids = lp[0, : int(ln[0])].argmax(-1).tolist()
+            blank = lp.shape[-1] - 1
+            out, prev = [], None
+            for i in ids:
+                if i != prev and i != blank:
+                    out.append(i)
+                prev = i
+            if hasattr(model, "tokenizer"):
+                hyps.append(model.tokenizer.ids_to_text(out))
+            else:
+                hyps.append("".join(model.decoder.vocabulary[i] for i in out))
+    model.train(was_training)
+    refs = [r["text"] for r in rows]
+    return 100 * jiwer.wer(refs, [h if h.strip() else "<empty>" for h in hyps]), hyps
 
 
 def fold_feature_norm(model, manifest: Path, n: int = 64) -> tuple[float, float]:
@@ -120,6 +163,11 @@ def main(argv=None):
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vocab", default="char", help="'char' (28 characters) or a SentencePiece BPE size, e.g. 256")
+    ap.add_argument("--subsampling", type=int, default=SUBSAMPLING)
+    ap.add_argument("--layers", type=int, default=N_LAYERS)
+    ap.add_argument("--d-model", type=int, default=D_MODEL)
+    ap.add_argument("--probe-every", type=int, default=200, help="print a greedy WER on 16 base-test rows every N steps")
     a = ap.parse_args(argv)
 
     import lightning.pytorch as pl
@@ -130,8 +178,12 @@ def main(argv=None):
 
     torch.set_num_threads(a.threads)
     pl.seed_everything(a.seed)
-    tok = train_tokenizer(a.data / "base_train.json", Path(str(a.out) + ".tokenizer"))
-    cfg = demo_config(tok)
+    tok = None if a.vocab == "char" else train_tokenizer(a.data / "base_train.json", Path(str(a.out) + ".tokenizer"),
+                                                         int(a.vocab))
+    cfg = demo_config(tok, d_model=a.d_model, n_layers=a.layers, subsampling=a.subsampling)
+    probe = [json.loads(l) for l in open(a.data / "base_test.json")][:16]
+    for r in probe:
+        r["audio_filepath"] = str((a.data / r["audio_filepath"]).resolve())
     train = bucketed_manifest(a.data / "base_train.json", Path(str(a.out) + ".train_manifest.json"),
                               a.batch_size, a.seed)
     cfg["train_ds"] = data_config(train, a.batch_size, False)
@@ -155,6 +207,9 @@ def main(argv=None):
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             self.loss = float(loss)
             s = trainer.global_step
+            if a.probe_every and s % a.probe_every == 0 and s:
+                wer, hyps = greedy_wer(module, probe)
+                print(f"step {s} probe WER {wer:.1f}% e.g. {hyps[0]!r} (ref {probe[0]['text']!r})", flush=True)
             if s % 25 == 0:
                 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 print(f"step {s} epoch {trainer.current_epoch} loss {self.loss:.3f} "
@@ -166,7 +221,7 @@ def main(argv=None):
                          max_time={"minutes": a.minutes}, enable_checkpointing=False, logger=False,
                          enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
                          callbacks=[log], gradient_clip_val=1.0)
-    model = model_class("ctc", True)(cfg=OmegaConf.create(cfg), trainer=trainer)
+    model = model_class("ctc", tok is not None)(cfg=OmegaConf.create(cfg), trainer=trainer)
     mu, sd = fold_feature_norm(model, train)
     print(f"feature mean {mu:.2f} std {sd:.2f} folded into the first conv", flush=True)
     t0 = log.t0 = time.time()
