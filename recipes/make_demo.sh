@@ -16,10 +16,10 @@ rm -rf model_repo/exported/demo
 brogue export model_repo/demo.nemo --out model_repo/exported/demo --name demo
 for s in scottish caribbean indian german; do
   brogue adapt --model model_repo/demo.nemo --train "$DATA/${s}_train.json" --name "$s" --kind accent \
-    --steps 80 --batch-size 12 --lr 3e-3 --store model_repo/adapters --version v1
+    --steps 100 --batch-size 16 --lr 3e-3 --store model_repo/adapters --version v1
 done
 brogue adapt --model model_repo/demo.nemo --train "$DATA/medical_train.json" --name medical --kind domain \
-  --steps 80 --batch-size 12 --lr 3e-3 --store model_repo/adapters --version v1
+  --steps 100 --batch-size 16 --lr 3e-3 --store model_repo/adapters --version v1
 python recipes/report.py --data "$DATA"                      # README table + recipes/accuracy.json
 python recipes/check_streaming.py --nemo model_repo/demo.nemo --model-dir model_repo/exported/demo \
   --manifest "$DATA/base_test.json" --limit 40 --json recipes/streaming_parity.json

@@ -34,7 +34,9 @@ def main(argv=None):
     a.out.mkdir(parents=True, exist_ok=True)
     picked = []
     for s in ["base", *ADAPTED]:
-        rows = [r for r in read_manifest(a.data / f"{s}_test.json") if r["duration"] <= a.max_seconds]
+        rows = read_manifest(a.data / f"{s}_test.json")
+        short = [r for r in rows if r["duration"] <= a.max_seconds]
+        rows = short or sorted(rows, key=lambda r: r["duration"])[:10]  # medical sentences run long
         runner, _ = make_runner(a.model_dir, None if s == "base" else f"{s}@v1", a.store)
         audios = [load_audio(r["audio_filepath"], 16000) for r in rows]
         base = transcribe(runner, audios, 0)

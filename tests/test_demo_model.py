@@ -1,0 +1,86 @@
+"""The committed demo model and its adapters (model_repo/): they load, validate, and do what the
+README's accuracy table says on a few held-out clips (tests/data/demo, cut by recipes/test_clips.py
+from the corpus recipe's test splits). Nothing here trains or synthesises speech.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from brogue.adapters import BaseSpec
+from brogue.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = REPO / "model_repo" / "exported" / "demo"
+STORE = REPO / "model_repo" / "adapters"
+CLIPS = Path(__file__).resolve().parent / "data" / "demo"
+ADAPTERS = ["scottish", "caribbean", "indian", "german", "medical"]
+LAST_LINE = re.compile(r"^WER=\d+\.\d\d CER=\d+\.\d\d$")
+
+
+def _clips() -> list[dict]:
+    rows = [json.loads(l) for l in open(CLIPS / "manifest.json")]
+    assert rows, "tests/data/demo/manifest.json is empty"
+    return rows
+
+
+def test_committed_demo_model_and_adapters_load_and_validate():
+    from brogue.engine.metadata import ModelMeta
+    from brogue.server.adapters.store import AdapterStore
+
+    meta = ModelMeta.load(MODEL_DIR)
+    base = BaseSpec(meta.fingerprint, meta.n_layers, meta.d_model, meta.max_adapter_dim)
+    store = AdapterStore(STORE)
+    for name in ADAPTERS:
+        assert store.versions(name) == ["v1"], name
+        w = store.load(f"{name}@v1", base)
+        assert w.manifest.kind == ("domain" if name == "medical" else "accent")
+    assert (REPO / "model_repo" / "demo.nemo").is_file(), "the source .nemo of the export is committed"
+
+
+def test_committed_binaries_stay_small():
+    files = [p for d in ("exported", "adapters") for p in (REPO / "model_repo" / d).rglob("*") if p.is_file()]
+    files += [REPO / "model_repo" / "demo.nemo", *CLIPS.rglob("*")]
+    total = sum(p.stat().st_size for p in files if p.is_file())
+    assert total < 60 * 2**20, f"{total / 2**20:.1f} MB of model artifacts"
+
+
+def test_each_adapter_transcribes_its_own_clip_better_than_the_base():
+    """On a clip of its own held-out split, each adapter's character error rate is below the base
+    model's, streamed through the ONNX engine."""
+    from brogue.clients.eval import error_rates, load_audio, make_runner, transcribe
+
+    rows = _clips()
+    for name in ADAPTERS:
+        mine = [r for r in rows if r["set"] == name]
+        assert mine, f"no clip for {name} in tests/data/demo"
+        runner, ref = make_runner(MODEL_DIR, f"{name}@v1", STORE)
+        audios = [load_audio(str(CLIPS / r["audio_filepath"]), 16000) for r in mine]
+        texts = [r["text"] for r in mine]
+        _, cer_base = error_rates(texts, transcribe(runner, audios, 0))
+        _, cer_adapted = error_rates(texts, transcribe(runner, audios, 1))
+        assert cer_adapted < cer_base, f"{ref}: CER {cer_adapted:.3f} with the adapter, {cer_base:.3f} without"
+
+
+def test_base_clip_is_transcribed_well_by_the_base_model():
+    from brogue.clients.eval import error_rates, load_audio, make_runner, transcribe
+
+    mine = [r for r in _clips() if r["set"] == "base"]
+    assert mine
+    runner, _ = make_runner(MODEL_DIR, None, STORE)
+    hyps = transcribe(runner, [load_audio(str(CLIPS / r["audio_filepath"]), 16000) for r in mine], 0)
+    _, cer = error_rates([r["text"] for r in mine], hyps)
+    assert cer < 0.15, (hyps, cer)
+
+
+def test_brogue_eval_on_the_demo_clips_ends_with_the_score_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative audio paths are read from the manifest's folder, not the cwd
+    res = CliRunner().invoke(app, ["eval", str(CLIPS / "manifest.json"), "--model-dir", str(MODEL_DIR),
+                                   "--store", str(STORE), "--adapter", "medical@v1"])
+    assert res.exit_code == 0, res.output
+    assert LAST_LINE.match(res.output.strip().splitlines()[-1]), res.output
+    assert "adapter medical@v1" in res.output
