@@ -40,6 +40,10 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int = 0, devi
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    # No busy-waiting between runs: a streaming server runs one short step per chunk, and spinning
+    # worker threads burn the cores the other processes (gateway, other model instances) need.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p
                  for p in wanted if p in available]
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
