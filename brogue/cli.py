@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# numpy's OpenBLAS threads busy-wait after every small matrix product, and the streaming front end
+# does one per chunk: one thread unless the caller chose otherwise (docs/performance.md).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
 from typing import Optional
 
 import typer
