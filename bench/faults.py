@@ -197,7 +197,7 @@ def adapter_publish(stack: Stack, clips: list[Clip], n: int = 8, seconds: float 
 
 
 async def _never_reads(stack: Stack, audio: bytes, rcvbuf: int, timeout: float) -> dict:
-    """A client with a tiny receive buffer that streams ``audio`` as fast as it can and reads nothing."""
+    """A client with a tiny receive buffer that streams ``audio`` in real time and reads nothing."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
@@ -213,7 +213,11 @@ async def _never_reads(stack: Stack, audio: bytes, rcvbuf: int, timeout: float) 
         await ws.send('{"type": "config", "endpointing": {"stop_history_ms": 60000, "stop_history_eou_ms": 60000}}')
         try:
             async with asyncio.timeout(timeout):
+                # one 1 s frame a second, like a live caller: the stream outlasts the gateway's
+                # patience whatever the host's speed (sent all at once, a fast host could finish it
+                # with every result still fitting in the buffers)
                 for i in range(0, len(audio), 32000):
+                    await asyncio.sleep(max(0.0, t0 + sent - time.monotonic()))
                     await ws.send(audio[i:i + 32000])
                     sent += 1
                 await ws.wait_closed()
