@@ -26,6 +26,31 @@ from brogue.asr_io import MODEL, ChunkReply, parse_reply, request_inputs
 log = logging.getLogger(__name__)
 
 
+def channel_args(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:
+    """tritonclient's default channel options, plus a short reconnect backoff.
+
+    gRPC shares one subchannel (one TCP connection, one backoff state) among all channels to the same
+    address with the same options, so every :class:`Sequence` rides the same connection. After Triton
+    goes away, that subchannel backs off exponentially (1 s, 1.6 s, 2.6 s, ... up to 120 s by default)
+    and fails new streams at once until the next attempt, long after Triton is back. Capping the
+    backoff at ``max_backoff_ms`` bounds how long the gateway lags behind a restarted Triton."""
+    ka = aioclient.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", aioclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", aioclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", min(100, max_backoff_ms)),
+        ("grpc.min_reconnect_backoff_ms", min(100, max_backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", max_backoff_ms),
+    ]
+
+
+CHANNEL_ARGS = channel_args()
+
+
 class TritonUnavailable(ConnectionError):
     """No Triton instance can take or continue the stream."""
 
@@ -44,7 +69,7 @@ class Sequence:
     def __init__(self, pool: "TritonPool", url: str, corrid: int, adapter: str, latency: str, timeout: float):
         self.pool, self.url, self.corrid = pool, url, corrid
         self.adapter, self.latency, self.timeout = adapter, latency, timeout
-        self._client = aioclient.InferenceServerClient(url)
+        self._client = aioclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._requests: asyncio.Queue = asyncio.Queue()
         self._replies = None
         self.started = False
@@ -76,6 +101,9 @@ class Sequence:
         try:
             result, error = await asyncio.wait_for(self._replies.__anext__(), self.timeout)
         except asyncio.CancelledError:  # the client went away mid-request: not Triton's fault
+            # The stream's reply iterator is broken now; end the sequence on a call of its own, so
+            # Triton frees the state at once (not at its idle sweep). Detached: we are cancelled.
+            self.pool._detach(self._end_detached())
             await self.close()
             raise
         except (StopAsyncIteration, asyncio.TimeoutError) as e:
@@ -92,6 +120,17 @@ class Sequence:
         if end:
             await self.close()
         return parse_reply(result)
+
+    async def _end_detached(self) -> None:
+        client = aioclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        try:
+            await client.infer(self.pool.model, request_inputs(np.zeros(0, np.float32), start=False,
+                                                               adapter=self.adapter, latency=self.latency),
+                               sequence_id=self.corrid, sequence_end=True, client_timeout=self.timeout)
+        except Exception as e:  # noqa: BLE001 - best effort: Triton's idle sweep is the fallback
+            log.info("ending abandoned sequence %d on %s failed: %s", self.corrid, self.url, e)
+        finally:
+            await client.close()
 
     def _classify(self, error) -> Exception:
         if isinstance(error, grpc.RpcError):
@@ -130,6 +169,13 @@ class TritonPool:
         self.live = {u: 0 for u in self.urls}
         self._down: dict[str, float] = {}
         self._ids = itertools.count(secrets.randbits(62))
+        self._background: set[asyncio.Task] = set()
+
+    def _detach(self, coro) -> None:
+        """Run ``coro`` in the background, holding a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def mark_down(self, url: str) -> None:
         self._down[url] = time.monotonic()
@@ -151,7 +197,7 @@ class TritonPool:
         """Which instances have the model ready (and clear the down mark of those that do)."""
         out = {}
         for u in self.urls:
-            client = aioclient.InferenceServerClient(u)
+            client = aioclient.InferenceServerClient(u, channel_args=CHANNEL_ARGS)
             try:
                 out[u] = bool(await client.is_model_ready(self.model))
             except Exception:  # noqa: BLE001 - any failure means not ready

@@ -265,6 +265,10 @@ def test_over_limit_is_resource_exhausted_and_vanished_clients_free_their_stream
         text = urllib.request.urlopen(f"http://127.0.0.1:{gateway.http_port}/metrics", timeout=5).read().decode()
         return sum(float(v) for v in re.findall(r'brogue_active_streams\{[^}]*api="riva"[^}]*\} (\S+)', text))
 
+    def triton_live():
+        text = urllib.request.urlopen(gateway.triton.metrics_url, timeout=5).read().decode()
+        return sum(float(v) for v in re.findall(r"^brogue_asr_live_sequences(?:\{[^}]*\})? (\S+)", text, re.M))
+
     async def settle(want, seconds=20.0):
         for _ in range(int(seconds * 10)):
             if (n := active()) == want:
@@ -298,6 +302,12 @@ def test_over_limit_is_resource_exhausted_and_vanished_clients_free_their_stream
             for c in calls:  # the clients vanish mid-stream (while the gateway is still busy with their audio)
                 c.cancel()
             assert await settle(0) == 0, gateway.log()[-3000:]
+            # ... and Triton frees their sequences now (an END on a call of its own), not at its idle sweep
+            for _ in range(50):
+                if (live := triton_live()) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert live == 0, f"Triton still holds {live} sequences of vanished clients"
             hold.set()
 
             async def whole():
