@@ -16,6 +16,7 @@ network delivers it), end the audio, and read until the stream is over. Each ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -107,10 +108,14 @@ async def ws_stream(url: str, key: str, tenant: str, clip: str, pcm16: bytes, *,
                                             on_first=lambda: t.setdefault("first", time.monotonic())):
                         if read.done():
                             break
-                        await ws.send(part)
+                        try:
+                            await ws.send(part)
+                        except ConnectionClosed:  # a draining server ends streams early: "end", then 1001
+                            break
                     t["last"] = time.monotonic()
                     if not read.done():
-                        await ws.send(json.dumps({"type": "close"}))
+                        with contextlib.suppress(ConnectionClosed):
+                            await ws.send(json.dumps({"type": "close"}))
                     await read
                     if "end" not in t and rec.error is None:
                         rec.error = f"closed: {ws.close_code} {ws.close_reason}".strip()

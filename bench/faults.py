@@ -6,8 +6,10 @@ the fault hit, and whether streams after it succeed. A scenario's ``ok`` is its 
 the numbers are the evidence.
 
 - ``triton_restart``: tritonserver is killed (SIGKILL) and restarted on the same port;
-- ``gateway_restart``: the gateway is stopped (SIGTERM) and started again; an unmodified Riva client
-  streaming across the restart must get a clean gRPC error;
+- ``gateway_restart``: the gateway is stopped (SIGTERM) and started again: live streams are drained
+  (finals, then WebSocket close 1001 / Riva status OK), none is cut abruptly, later ones succeed;
+- ``gateway_crash``: the same with SIGKILL: an unmodified Riva client streaming across it must get a
+  clean gRPC error (UNAVAILABLE), and later streams succeed;
 - ``adapter_publish``: a new adapter version is published and assigned every 10 s;
 - ``slow_client``: a client that never reads its results, beside normal callers;
 - :func:`soak`: a fixed load for many minutes, sampling RSS, live streams and Triton's live sequences.
@@ -16,6 +18,7 @@ the numbers are the evidence.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -98,11 +101,16 @@ def triton_restart(stack: Stack, clips: list[Clip], n: int = 8, down_s: float = 
     t_up = time.monotonic()
     time.sleep(after_s)
     records = load.stop()
-    hit = [r for r in _window(records, t_kill, t_up + 2.5) if r.error]  # the pool retries a down instance after 2 s
+    # Settling time once Triton is ready: the gateway's gRPC connection retries within 1 s (its
+    # reconnect backoff cap), and the pool retries an instance 2 s after its last failure.
+    settle = 3.5
+    hit = [r for r in _window(records, t_kill, t_up + settle) if r.error]
     before = [r for r in records if r.t_end < t_kill]
-    after = [r for r in records if r.t_start > t_up + 2.5]
+    after = [r for r in records if r.t_start > t_up + settle]
+    last_error = max((r.t_end for r in records if r.error), default=t_up)
     unclean = sorted({r.error for r in hit if _code(r) not in CLEAN})
     return {"scenario": "triton_restart", **_summary(records), "restart_s": round(t_up - t_kill, 1),
+            "last_error_after_ready_s": round(last_error - t_up, 2),
             "streams_hit": len(hit), "hit_codes": sorted({_code(r) for r in hit}), "unclean_errors": unclean[:5],
             "before_errors": sum(1 for r in before if r.error), "after_streams": len(after),
             "after_errors": sum(1 for r in after if r.error), "gateway_restarted": stack.gateway.pid != gw_pid,
@@ -137,7 +145,13 @@ def _riva_across(stack: Stack, audio: np.ndarray, out: dict) -> None:
         out["outcome"] = f"unclean {type(e).__name__}: {e}"
 
 
-def gateway_restart(stack: Stack, clips: list[Clip], n: int = 8, warm_s: float = 8.0, after_s: float = 20.0) -> dict:
+def gateway_restart(stack: Stack, clips: list[Clip], n: int = 8, warm_s: float = 8.0, after_s: float = 20.0,
+                    sig: int = signal.SIGTERM) -> dict:
+    """The gateway stopped under load with ``sig``, then started again on the same ports.
+
+    SIGTERM is a graceful restart: live streams end early but cleanly (WebSocket: finals, ``end``,
+    close 1001; Riva: final results, status OK). SIGKILL is a crash: their clients get a clean
+    error (WebSocket 1006, Riva ``UNAVAILABLE``). Either way later streams must succeed."""
     load = BackgroundLoad(stack, clips, n).start()
     time.sleep(warm_s)
     long_audio = np.concatenate([np.frombuffer(c.pcm16, "<i2").astype(np.float32) / 32768 for c in clips] * 3)[:16000 * 30]
@@ -146,7 +160,7 @@ def gateway_restart(stack: Stack, clips: list[Clip], n: int = 8, warm_s: float =
     rt.start()
     time.sleep(3)
     t_stop = time.monotonic()
-    stack.stop_gateway()
+    stack.stop_gateway(sig)
     stack.start_gateway()
     t_up = time.monotonic()
     time.sleep(after_s)
@@ -154,11 +168,23 @@ def gateway_restart(stack: Stack, clips: list[Clip], n: int = 8, warm_s: float =
     rt.join()
     hit = [r for r in _window(records, t_stop, t_up) if r.error]
     after = [r for r in records if r.t_start > t_up + 0.5]
-    riva_clean = riva_out.get("outcome", "").split(":")[0] in ("UNAVAILABLE", "CANCELLED")
-    return {"scenario": "gateway_restart", **_summary(records), "restart_s": round(t_up - t_stop, 1),
+    # streams cut without a clean end (no close frame, reset); refused connects while the gateway
+    # is down are clean: the caller retries
+    abrupt = [r for r in hit if any(k in r.error for k in ("1006", "no close frame", "connection closed"))]
+    outcome = riva_out.get("outcome", "")
+    expected = ("completed",) if sig == signal.SIGTERM else ("UNAVAILABLE", "CANCELLED")
+    riva_clean = outcome.split(":")[0] in expected
+    name = "gateway_restart" if sig == signal.SIGTERM else "gateway_crash"
+    return {"scenario": name, **_summary(records), "restart_s": round(t_up - t_stop, 1),
             "streams_hit": len(hit), "hit_errors": sorted({r.error for r in hit})[:5], "after_streams": len(after),
             "after_errors": sum(1 for r in after if r.error), "riva_client": riva_out.get("outcome"),
-            "ok": riva_clean and len(after) > 0 and not any(r.error for r in after)}
+            "abrupt_ends": len(abrupt),
+            "ok": riva_clean and len(after) > 0 and not any(r.error for r in after)
+            and (sig != signal.SIGTERM or not abrupt)}
+
+
+def gateway_crash(stack: Stack, clips: list[Clip], n: int = 8, warm_s: float = 8.0, after_s: float = 20.0) -> dict:
+    return gateway_restart(stack, clips, n, warm_s, after_s, sig=signal.SIGKILL)
 
 
 def adapter_publish(stack: Stack, clips: list[Clip], n: int = 8, seconds: float = 60, every: float = 10) -> dict:
@@ -208,7 +234,9 @@ async def _never_reads(stack: Stack, audio: bytes, rcvbuf: int, timeout: float) 
     t0 = time.monotonic()
     sent = 0
     async with connect(stack.ws_url, sock=sock, additional_headers={"Authorization": f"Bearer {stack.tenants[0].key}"},
-                       max_queue=4) as ws:
+                       max_queue=4, ping_interval=None) as ws:
+        # no pings of its own: this client's keepalive would time out too (the server's pongs queue
+        # behind the results it does not read) and it would hang up first, racing the server's check
         # no endpoints: one long utterance, whose partials carry its whole transcript so far
         await ws.send('{"type": "config", "endpointing": {"stop_history_ms": 60000, "stop_history_eou_ms": 60000}}')
         try:
@@ -261,7 +289,7 @@ def slow_client(stack: Stack, clips: list[Clip], n: int = 4, audio_s: float = 60
             "ok": slow["disconnected"] and slow["server_counted_slow_client"] >= 1 and s["errors"] == 0}
 
 
-SCENARIOS = {"triton_restart": triton_restart, "gateway_restart": gateway_restart,
+SCENARIOS = {"triton_restart": triton_restart, "gateway_restart": gateway_restart, "gateway_crash": gateway_crash,
              "adapter_publish": adapter_publish, "slow_client": slow_client}
 
 

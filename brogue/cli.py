@@ -400,7 +400,7 @@ def _fault_stack(model_repository: Path, model: str, workdir: Path):
 
 @app.command()
 def faults(
-    only: list[str] = typer.Option([], help="Scenario(s) to run (default: all): triton_restart, gateway_restart, "
+    only: list[str] = typer.Option([], help="Scenario(s) to run (default: all): triton_restart, gateway_restart, gateway_crash, "
                                             "adapter_publish, slow_client."),
     model_repository: Path = typer.Option(DEFAULT_MODEL_REPO),
     model: str = typer.Option("demo"),

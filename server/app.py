@@ -1,6 +1,6 @@
 """The gateway process: WebSocket + HTTP on one port, gRPC (Riva ASR, admin, health) on another.
 
-:func:`run_gateway` serves until cancelled. ``brogue serve`` (:func:`serve`) also starts the bundled
+:func:`run_gateway` serves until cancelled or signalled, then drains: live streams end cleanly. ``brogue serve`` (:func:`serve`) also starts the bundled
 tritonserver on the model repository unless ``--triton-url`` points at running instances.
 TLS: give a certificate and key and both ports serve TLS only.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from .gateway import Gateway, GatewayConfig
 from .websocket import ConnectionLimits, WebSocketFrontEnd
 
 log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 5.0  # on shutdown, how long live streams get to end cleanly
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,10 @@ def _grpc_servicers(gateway: Gateway, server: grpc.aio.Server) -> None:
 
 
 async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: ConnectionLimits = ConnectionLimits(),
-                      started: asyncio.Event | None = None, grpc_services: bool = True) -> None:
-    """Serve until cancelled; ``started`` is set once every port listens."""
+                      started: asyncio.Event | None = None, grpc_services: bool = True, handle_signals: bool = False,
+                      drain_seconds: float = DRAIN_SECONDS) -> None:
+    """Serve until cancelled, or (``handle_signals``) until SIGTERM or SIGINT; ``started`` is set
+    once every port listens. Either way it drains before returning (see :func:`_drain`)."""
     gateway = Gateway(config)
     front = WebSocketFrontEnd(gateway, limits)
     ssl_ctx, grpc_creds = None, None
@@ -73,18 +78,45 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
             server.add_secure_port(a, grpc_creds) if grpc_creds else server.add_insecure_port(a)
             await server.start()
             servers.append(server)
-    async with ws_serve(front.handler, listen.host, listen.http_port, process_request=front.process_request,
-                        max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=20, ping_timeout=20):
-        scheme = "wss" if ssl_ctx else "ws"
-        log.info("gateway: %s://%s:%d/v1/stream, page and /metrics on the same port; gRPC %s; admin %s",
-                 scheme, listen.host, listen.http_port, addr, admin_addr)
-        if started is not None:
-            started.set()
-        try:
-            await asyncio.Future()
-        finally:
-            for server in servers:
-                await server.stop(2)
+    ws_server = await ws_serve(front.handler, listen.host, listen.http_port, process_request=front.process_request,
+                               max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=20, ping_timeout=20)
+    scheme = "wss" if ssl_ctx else "ws"
+    log.info("gateway: %s://%s:%d/v1/stream, page and /metrics on the same port; gRPC %s; admin %s",
+             scheme, listen.host, listen.http_port, addr, admin_addr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    if started is not None:
+        started.set()
+    try:
+        await stop.wait()
+        log.info("gateway: stopping; draining live streams (up to %g s)", drain_seconds)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await _drain(front, ws_server, servers, drain_seconds)
+
+
+async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, seconds: float) -> None:
+    """Stop taking streams and end the live ones cleanly within ``seconds``.
+
+    WebSocket streams end as if their client had sent ``close``: finals for all audio received,
+    ``end``, then close 1001 (going away). gRPC calls get ``seconds`` to finish, then are cancelled
+    (the client sees CANCELLED). Every stream's cleanup ends its Triton sequence (END), so Triton
+    frees the state now rather than at its idle sweep."""
+    ws_server.close(close_connections=False)  # no new connections; live ones go on
+    front.gateway.shutdown()
+    jobs = [ws_server.wait_closed(), *(s.stop(seconds) for s in grpc_servers)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), seconds)
+    except asyncio.TimeoutError:
+        log.warning("gateway: streams still open after %g s are dropped", seconds)
+        ws_server.close(close_connections=True)
+        await asyncio.wait_for(ws_server.wait_closed(), 2)
 
 
 def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], listen: Listen = Listen(),
@@ -109,6 +141,7 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
         config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls),
                                store_dir=Path(model_repository) / "adapters")
         try:
-            asyncio.run(run_gateway(config, listen, limits))
+            # the loop handles SIGTERM/SIGINT from here on, and drains before Triton is stopped
+            asyncio.run(run_gateway(config, listen, limits, handle_signals=True))
         except KeyboardInterrupt:
             pass

@@ -12,13 +12,14 @@ the ``brogue_errors_total`` metric).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-
-import numpy as np
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from brogue.audio.codecs import AudioFormatError
 from brogue.engine.metadata import ModelMeta
@@ -62,6 +63,20 @@ class Gateway:
         self.tenants = TenantRegistry(config.tenants_file)
         self.pool = TritonPool(list(config.triton_urls), model=config.model)
         self.metrics = metrics or Metrics()
+        self._stopping: asyncio.Future | None = None
+
+    @property
+    def stopping(self) -> asyncio.Future:
+        """Done once :meth:`shutdown` is called: the front ends then end each live stream as if its
+        client had ended the audio (finals for everything received), and take no new ones."""
+        loop = asyncio.get_running_loop()
+        if self._stopping is None or self._stopping.get_loop() is not loop:
+            self._stopping = loop.create_future()
+        return self._stopping
+
+    def shutdown(self) -> None:
+        if not self.stopping.done():
+            self.stopping.set_result(None)
 
     def authenticate(self, api_key: str | None) -> Tenant:
         try:

@@ -13,6 +13,7 @@ HTTP on the same port: ``/`` (the browser page), ``/metrics`` (Prometheus), ``/h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -165,10 +166,17 @@ class WebSocketFrontEnd:
             except BaseException:
                 lease.release()
                 raise
-            async for ev in self.gateway.run_stream(tenant, config, self._inputs(ws), api="ws", lease=lease):
-                await self._send(ws, result_message(ev))
+            # aclosing: if the client goes away mid-stream, the stream's cleanup (END to Triton,
+            # lease release) runs now, not whenever the abandoned generator is collected
+            async with contextlib.aclosing(self.gateway.run_stream(tenant, config, self._inputs(ws), api="ws",
+                                                                   lease=lease)) as results:
+                async for ev in results:
+                    await self._send(ws, result_message(ev))
             await self._send(ws, {"type": "end"})
-            await ws.close(1000, "stream complete")
+            if self.gateway.stopping.done():
+                await ws.close(1001, "server shutting down")
+            else:
+                await ws.close(1000, "stream complete")
         except StreamError as e:
             await self._fail(ws, e)
         except ConnectionClosed as e:
@@ -186,11 +194,20 @@ class WebSocketFrontEnd:
     async def _inputs(self, ws: ServerConnection):
         lim = self.limits
         window_start, count = time.monotonic(), 0
+        stopping = self.gateway.stopping
         while True:
+            if stopping.done():
+                return  # the server is shutting down: end of audio, finals follow
+            recv = asyncio.ensure_future(ws.recv())
+            done, _ = await asyncio.wait((recv, stopping), timeout=lim.idle_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if recv not in done:
+                recv.cancel()  # safe: websockets loses no message to a cancelled recv()
+                if stopping.done():
+                    return
+                raise StreamError("idle", f"no message for {lim.idle_seconds:g} s")
             try:
-                msg = await asyncio.wait_for(ws.recv(), lim.idle_seconds)
-            except asyncio.TimeoutError:
-                raise StreamError("idle", f"no message for {lim.idle_seconds:g} s") from None
+                msg = recv.result()
             except ConnectionClosed:
                 return  # the client closed without a "close" message: treat as end of audio
             count += 1

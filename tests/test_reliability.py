@@ -200,6 +200,81 @@ def test_vanishing_clients_leave_no_stream_and_no_triton_sequence(gateway):
     assert healthy(gateway)
 
 
+def test_gateway_sigterm_drains_live_streams_finals_first_then_1001(tiny_repo, triton_server, tmp_path):
+    """SIGTERM mid-stream: each live WebSocket stream gets the finals for all audio it sent, then
+    ``end`` and close 1001; each Riva stream gets its final results and status OK; Triton holds no
+    sequence afterwards; and the gateway exits 0 within its drain time."""
+    import signal
+
+    from conftest import start_gateway
+
+    gw = start_gateway(tiny_repo, triton_server.grpc_url, tmp_path)
+    audio = (np.clip(speechlike(np.random.default_rng(41), 30.0), -1, 1) * 32767).astype("<i2").tobytes()
+    sent_ws = asyncio.Event()
+
+    async def ws_stream():
+        async with connect(gw.ws_url, additional_headers={"Authorization": f"Bearer {DEMO_KEYS['base']}"}) as ws:
+            await ws.send(json.dumps({"type": "config"}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            msgs = []
+
+            async def read():
+                async for m in ws:
+                    msgs.append(json.loads(m))
+
+            reader = asyncio.create_task(read())
+            for i in range(0, len(audio), 3200):  # real time, until the server ends the stream
+                try:
+                    await ws.send(audio[i:i + 3200])
+                except ConnectionClosed:
+                    break
+                if i == 3200 * 15:
+                    sent_ws.set()
+                await asyncio.sleep(0.1)
+            await reader
+            return msgs, ws.close_code
+
+    def riva_stream():
+        def requests():
+            yield rasr.StreamingRecognizeRequest(streaming_config=rasr.StreamingRecognitionConfig(
+                config=rasr.RecognitionConfig(encoding=raudio.AudioEncoding.LINEAR_PCM, sample_rate_hertz=16000,
+                                              language_code="en-US"), interim_results=True))
+            for i in range(0, len(audio), 3200):
+                yield rasr.StreamingRecognizeRequest(audio_content=audio[i:i + 3200])
+                time.sleep(0.1)
+
+        with grpc.insecure_channel(gw.grpc_url) as ch:
+            stub = rasr_grpc.RivaSpeechRecognitionStub(ch)
+            call = stub.StreamingRecognize(requests(), metadata=[("x-api-key", DEMO_KEYS["scot"])])
+            results = [r for resp in call for r in resp.results]
+            return results, call.code()
+
+    async def run():
+        riva = asyncio.create_task(asyncio.to_thread(riva_stream))
+        ws = asyncio.create_task(ws_stream())
+        await sent_ws.wait()
+        t0 = time.monotonic()
+        gw.process.send_signal(signal.SIGTERM)
+        return await ws, await riva, t0
+
+    try:
+        (msgs, close_code), (riva_results, riva_code), t0 = asyncio.run(run())
+        exit_code = gw.process.wait(15)
+        took = time.monotonic() - t0
+    finally:
+        if gw.process.poll() is None:
+            gw.process.kill()
+    kinds = [m["type"] for m in msgs]
+    assert "error" not in kinds and kinds[-1] == "end" and "final" in kinds, kinds[-5:]
+    assert close_code == 1001, close_code
+    assert riva_code == grpc.StatusCode.OK and any(r.is_final for r in riva_results), riva_code
+    assert exit_code == 0 and took < 10, (exit_code, took)
+    deadline = time.monotonic() + 5
+    while (live := _metric(triton_server.metrics_url, "brogue_asr_live_sequences")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live == 0, f"Triton still holds {live} sequences after the drain"
+
+
 # -- the fault scripts, short ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -222,15 +297,23 @@ def clips():
 def test_triton_killed_mid_load_clean_errors_then_recovery(stack, clips):
     from brogue.bench.faults import triton_restart
 
-    r = triton_restart(stack, clips, n=4, warm_s=4, after_s=6)
+    r = triton_restart(stack, clips, n=4, warm_s=4, after_s=8)
     assert r["ok"], json.dumps(r)
     assert r["streams_hit"] >= 1 and set(r["hit_codes"]) <= {"unavailable", "UNAVAILABLE"}, json.dumps(r)
 
 
-def test_gateway_restart_riva_client_gets_a_clean_error_and_clients_reconnect(stack, clips):
+def test_gateway_restart_drains_streams_and_clients_reconnect(stack, clips):
     from brogue.bench.faults import gateway_restart
 
     r = gateway_restart(stack, clips, n=4, warm_s=3, after_s=5)
+    assert r["ok"], json.dumps(r)
+    assert r["riva_client"] == "completed" and r["abrupt_ends"] == 0, json.dumps(r)
+
+
+def test_gateway_crash_riva_client_gets_a_clean_error_and_clients_reconnect(stack, clips):
+    from brogue.bench.faults import gateway_crash
+
+    r = gateway_crash(stack, clips, n=4, warm_s=3, after_s=5)
     assert r["ok"], json.dumps(r)
     assert r["riva_client"].startswith(("UNAVAILABLE", "CANCELLED")), json.dumps(r)
 

@@ -35,6 +35,7 @@ Errors are gRPC status codes with the gateway's message (see ``STATUS``), counte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import wave
@@ -142,11 +143,14 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
 
             counter = _Processed(config)
             words = cfg.config.enable_word_time_offsets
-            async for ev in self.gateway.run_stream(tenant, config, audio(), api="riva", lease=lease):
-                yield rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
-                    alternatives=[alternative(ev, words)], is_final=ev.kind == "final",
-                    stability=0.0 if ev.kind == "final" else 0.9 if ev.stable else 0.1,
-                    audio_processed=counter.seconds, channel_tag=0)])
+            # aclosing: a cancelled call ends the stream (END to Triton, lease) at once, not at GC
+            async with contextlib.aclosing(self.gateway.run_stream(tenant, config, audio(), api="riva",
+                                                                   lease=lease)) as results:
+                async for ev in results:
+                    yield rasr.StreamingRecognizeResponse(results=[rasr.StreamingRecognitionResult(
+                        alternatives=[alternative(ev, words)], is_final=ev.kind == "final",
+                        stability=0.0 if ev.kind == "final" else 0.9 if ev.stable else 0.1,
+                        audio_processed=counter.seconds, channel_tag=0)])
         except StreamError as e:
             await self._abort(context, e)
         except Exception:  # a bug fails this stream only, as INTERNAL
@@ -173,11 +177,13 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                     yield audio[i:i + step]
 
             results = []
-            async for ev in self.gateway.run_stream(tenant, config, pieces(), api="riva", lease=lease):
-                if ev.kind == "final":
-                    results.append(rasr.SpeechRecognitionResult(
-                        alternatives=[alternative(ev, request.config.enable_word_time_offsets)],
-                        channel_tag=0, audio_processed=counter.seconds))
+            async with contextlib.aclosing(self.gateway.run_stream(tenant, config, pieces(), api="riva",
+                                                                   lease=lease)) as events:
+                async for ev in events:
+                    if ev.kind == "final":
+                        results.append(rasr.SpeechRecognitionResult(
+                            alternatives=[alternative(ev, request.config.enable_word_time_offsets)],
+                            channel_tag=0, audio_processed=counter.seconds))
             return rasr.RecognizeResponse(results=results)
         except StreamError as e:
             await self._abort(context, e)
@@ -213,12 +219,22 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         return self.gateway.authenticate(api_key_of(context.invocation_metadata()))
 
     async def _next(self, requests):
+        """The next request; None at the end of the client's requests, or once the gateway is
+        shutting down (the stream then ends as if the audio had: finals for everything received)."""
+        stopping = self.gateway.stopping
+        if stopping.done():
+            return None
+        nxt = asyncio.ensure_future(requests.__anext__())
+        done, _ = await asyncio.wait((nxt, stopping), timeout=IDLE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        if nxt not in done:
+            nxt.cancel()
+            if stopping.done():
+                return None
+            raise StreamError("idle", f"no request for {IDLE_SECONDS:g} s")
         try:
-            return await asyncio.wait_for(requests.__anext__(), IDLE_SECONDS)
+            return nxt.result()
         except StopAsyncIteration:
             return None
-        except asyncio.TimeoutError:
-            raise StreamError("idle", f"no request for {IDLE_SECONDS:g} s") from None
 
     async def _abort(self, context, e: StreamError):
         log.info("riva stream error (%s): %s", e.code, e)
