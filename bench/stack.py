@@ -14,16 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from brogue.server.gateway_process import GatewayAddresses, wait_until_healthy
+from brogue.server.tenants import key_hash
+from brogue.server.tritonserver import TritonProcess, _free_ports
 
 from brogue.adapters import publish_adapter
 from brogue.adapters.format import read_adapter
 from brogue.engine.metadata import ModelMeta
-from brogue.server.tenants import key_hash
-from brogue.server.tritonserver import TritonProcess, _free_ports
 
 ADMIN_TOKEN = "bench-admin-token"
 
@@ -36,7 +36,7 @@ class BenchTenant:
 
 
 @dataclass
-class Stack:
+class Stack(GatewayAddresses):
     """``repo``: a model repository with ``exported/MODEL``, ``adapters/`` and ``asr_streaming/``."""
 
     repo: Path
@@ -130,18 +130,7 @@ class Stack:
                "--triton-url", self.triton.grpc_url, "--http-port", str(self.http_port),
                "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port), "--log-level", "WARNING"]
         self.gateway = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.gateway.poll() is not None:
-                raise RuntimeError(f"gateway exited with {self.gateway.returncode}; see {self.workdir / 'gateway.log'}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.gateway.kill()
-                    raise RuntimeError(f"gateway not up within {timeout:g} s") from None
-                time.sleep(0.1)
+        wait_until_healthy(self.gateway, self.http_port, self.workdir / "gateway.log", timeout=timeout)
 
     def stop_gateway(self, sig: int = signal.SIGTERM) -> None:
         if self.gateway is not None and self.gateway.poll() is None:
@@ -168,24 +157,6 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    # -- addresses -------------------------------------------------------------------------------
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.http_port}/v1/stream"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"127.0.0.1:{self.admin_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/metrics"
 
     def pids(self) -> dict[str, int]:
         """``gateway`` and ``triton`` (the tritonserver; its python stubs are its children)."""

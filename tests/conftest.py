@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from brogue.server.gateway_process import GatewayAddresses, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 ADAPTER_NAMES = ["scot", "carib", "med", "indian", "ger", "span", "legal", "fin"]
@@ -51,11 +52,11 @@ def model_config(root: Path, name: str, **params) -> None:
 def tiny_repo(tmp_path_factory) -> TinyRepo:
     """A tiny CTC model (random weights, made to emit tokens), exported, with 8 adapters v1."""
     import torch
-
-    from brogue.adapters import publish_adapter
     from brogue.export.configs import build_model
     from brogue.export.nemo_export import export_model, fingerprint
     from nemo_reference import make_talkative
+
+    from brogue.adapters import publish_adapter
 
     root = tmp_path_factory.mktemp("repo")
     torch.manual_seed(0)
@@ -126,7 +127,7 @@ def free_port() -> int:
 
 
 @dataclass
-class RunningGateway:
+class RunningGateway(GatewayAddresses):
     triton: object
     process: object
     http_port: int
@@ -134,18 +135,6 @@ class RunningGateway:
     admin_port: int
     tenants_file: Path
     log_file: Path
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.http_port}/v1/stream"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"127.0.0.1:{self.admin_port}"
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
@@ -155,8 +144,6 @@ def start_gateway(repo: TinyRepo, triton_url: str, tmp: Path, extra=()) -> Runni
     """`brogue serve --triton-url ...` as a subprocess; waits until its ports answer."""
     import subprocess
     import sys
-    import time as _time
-    import urllib.request
 
     tenants = tmp / "tenants.toml"
     if not tenants.exists():
@@ -167,22 +154,7 @@ def start_gateway(repo: TinyRepo, triton_url: str, tmp: Path, extra=()) -> Runni
            "--triton-url", triton_url, "--http-port", str(http), "--grpc-port", str(grpc_port),
            "--admin-port", str(admin), *extra]
     proc = subprocess.Popen(cmd, stdout=log_file.open("w"), stderr=subprocess.STDOUT)
-    scheme = "https" if "--tls-cert" in extra else "http"
-    deadline = _time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_file.read_text()[-3000:]}")
-        try:
-            import ssl
-
-            ctx = ssl._create_unverified_context() if scheme == "https" else None
-            urllib.request.urlopen(f"{scheme}://127.0.0.1:{http}/healthz", timeout=1, context=ctx)
-            break
-        except OSError:
-            if _time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"gateway not up within 60 s:\n{log_file.read_text()[-3000:]}")
-            _time.sleep(0.2)
+    wait_until_healthy(proc, http, log_file, tls="--tls-cert" in extra)
     return RunningGateway(None, proc, http, grpc_port, admin, tenants, log_file)
 
 

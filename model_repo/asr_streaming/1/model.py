@@ -9,6 +9,7 @@ into a response, or a per-request error. State, batching, adapters and decoding 
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,14 @@ class TritonPythonModel:
             self._metrics = None
 
     def _sweep(self):
+        """Sweep idle sequences every min(5 s, IDLE_TIMEOUT_S / 4), and publish the gauges every
+        second: off the request path (each metric update is a round trip to the Triton process)."""
         period = max(1.0, min(5.0, self.model.idle_timeout / 4))
-        while not self._stop.wait(period):
-            self.model.sweep_locked()
+        last_sweep = time.monotonic()
+        while not self._stop.wait(1.0):
+            if time.monotonic() - last_sweep >= period:
+                self.model.sweep_locked()
+                last_sweep = time.monotonic()
             self._publish_metrics()
 
     def execute(self, requests):
@@ -112,7 +118,6 @@ class TritonPythonModel:
                 pb_utils.Tensor("FINAL", np.asarray([[res.final]], dtype=np.bool_)),
                 pb_utils.Tensor("ADAPTER_READY", np.asarray([[res.adapter_ready]], dtype=np.bool_)),
             ]))
-        self._publish_metrics()
         return responses
 
     def finalize(self):
