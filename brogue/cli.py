@@ -315,13 +315,18 @@ def adapt(
     kind: str = typer.Option("", help="Free text, e.g. 'accent' or 'domain'."),
     description: str = typer.Option("", help="Free text."),
     accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu or gpu."),
+    replay: Optional[Path] = typer.Option(None, help="Manifest of general speech (e.g. the base model's training "
+                                                     "set) mixed into training, so the adapter does not drift "
+                                                     "on other speakers."),
+    replay_fraction: float = typer.Option(0.25, help="Share of the training rows drawn from --replay."),
 ):
     """Train one tenant's LinearAdapter (base frozen) and write a validated adapter-store entry."""
     from brogue.export.adapt import train_adapter
 
     try:
         r = train_adapter(model, train, name, store=store, dim=dim, steps=steps, batch_size=batch_size, lr=lr,
-                          version=version, kind=kind, description=description, accelerator=accelerator)
+                          version=version, kind=kind, description=description, accelerator=accelerator,
+                          replay=replay, replay_fraction=replay_fraction)
     except (FileNotFoundError, ValueError, FileExistsError) as e:
         _fail(str(e))
     console.print(f"trained {r.steps} steps on {r.train_hours * 60:.1f} min of audio in {r.seconds:.0f} s "

@@ -62,18 +62,41 @@ def _check_manifest(path: Path) -> float:
     return total / 3600
 
 
-def _absolute_manifest(path: Path, tmp: Path) -> Path:
-    """NeMo resolves relative audio paths against the manifest's folder too, but only when the
-    relative file exists from there; write an absolute copy so that it never depends on the cwd."""
-    out = tmp / "train_manifest.json"
+def _rows(path: Path) -> list[dict]:
+    """The manifest's rows with absolute audio paths (relative ones: from the manifest's folder)."""
+    rows = []
+    for line in open(path):
+        if line.strip():
+            row = json.loads(line)
+            a = Path(row["audio_filepath"])
+            row["audio_filepath"] = str(a if a.is_absolute() else (path.parent / a).resolve())
+            rows.append(row)
+    return rows
+
+
+def training_manifest(path: Path, out: Path, replay: Path | None = None, replay_fraction: float = 0.25,
+                      seed: int = 0) -> tuple[int, int]:
+    """Write the manifest the adapter trains on to ``out``, with absolute audio paths (NeMo resolves
+    relative ones against the manifest's folder only when they exist from there; this never depends
+    on the cwd). With ``replay``, rows drawn at random from it (general speech the base model was
+    trained on) are mixed in to make ``replay_fraction`` of the result: the adapter then learns
+    what differs in the tenant's speech without drifting on everyone else's. Returns (own, replayed)."""
+    import random
+
+    if not 0 <= replay_fraction < 1:
+        raise ValueError(f"replay fraction must be in [0, 1), not {replay_fraction}")
+    rows = _rows(path)
+    extra = []
+    if replay is not None and replay_fraction > 0:
+        pool = _rows(replay)
+        k = min(len(pool), round(len(rows) * replay_fraction / (1 - replay_fraction)))
+        extra = random.Random(seed).sample(pool, k)
+    mixed = rows + extra
+    random.Random(seed + 1).shuffle(mixed)
     with open(out, "w") as f:
-        for line in open(path):
-            if line.strip():
-                row = json.loads(line)
-                a = Path(row["audio_filepath"])
-                row["audio_filepath"] = str(a if a.is_absolute() else (path.parent / a).resolve())
-                f.write(json.dumps(row) + "\n")
-    return out
+        for row in mixed:
+            f.write(json.dumps(row) + "\n")
+    return len(rows), len(extra)
 
 
 def train_adapter(
@@ -92,6 +115,8 @@ def train_adapter(
     kind: str = "",
     description: str = "",
     accelerator: str = "cpu",
+    replay: str | Path | None = None,
+    replay_fraction: float = 0.25,
     threads: int | None = None,
     progress: bool = True,
     seed: int = 0,
@@ -99,8 +124,9 @@ def train_adapter(
 ) -> AdaptResult:
     """Train ``encoder:NAME`` for ``steps`` optimiser steps; publish it as ``STORE/NAME/VERSION``.
 
-    ``model``: an already restored base model to use instead of loading ``model_path`` (it is
-    modified: the adapter is added to it).
+    ``replay``: a manifest of general speech, mixed in as ``replay_fraction`` of the training rows
+    (see :func:`training_manifest`). ``model``: an already restored base model to use instead of
+    loading ``model_path`` (it is modified: the adapter is added to it).
     """
     import tempfile
 
@@ -118,6 +144,8 @@ def train_adapter(
     AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
     train_manifest = Path(train_manifest)
     hours = _check_manifest(train_manifest)
+    if replay is not None:
+        _check_manifest(Path(replay))
     if threads:
         torch.set_num_threads(threads)
     pl.seed_everything(seed, verbose=False)
@@ -134,7 +162,8 @@ def train_adapter(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     with tempfile.TemporaryDirectory(prefix="brogue-adapt-") as tmp:
-        manifest = _absolute_manifest(train_manifest, Path(tmp))
+        manifest = Path(tmp) / "train_manifest.json"
+        training_manifest(train_manifest, manifest, Path(replay) if replay else None, replay_fraction, seed)
         losses: list[float] = []
 
         class Track(pl.Callback):

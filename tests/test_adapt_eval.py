@@ -60,6 +60,22 @@ def test_adapt_trains_a_few_steps_and_stores_a_valid_entry(tmp_path, monkeypatch
     assert np.abs(w.up).max() > 0, "the adapter's up projection starts at zero and must have trained"
 
 
+def test_replay_rows_are_mixed_in_at_the_given_fraction_with_absolute_paths(tmp_path):
+    from brogue.export.adapt import training_manifest
+
+    own = _tone_manifest(tmp_path / "own", n=6)
+    general = _tone_manifest(tmp_path / "general", n=4)
+    out = tmp_path / "mixed.json"
+    assert training_manifest(own, out, general, replay_fraction=0.25, seed=3) == (6, 2)
+    rows = [json.loads(line) for line in open(out)]
+    assert len(rows) == 8 and all(Path(r["audio_filepath"]).is_absolute() for r in rows)
+    assert sum("/general/" in r["audio_filepath"] for r in rows) == 2
+    assert all(Path(r["audio_filepath"]).is_file() for r in rows)
+    assert training_manifest(own, out) == (6, 0)  # no replay: the tenant's rows alone
+    with pytest.raises(ValueError, match="replay fraction"):
+        training_manifest(own, out, general, replay_fraction=1.0)
+
+
 def test_adapt_refuses_a_manifest_with_missing_audio(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"audio_filepath": "nope.wav", "duration": 1.0, "text": "a"}) + "\n")
     res = CliRunner().invoke(app, ["adapt", "--model", str(tmp_path / "x.nemo"), "--train", str(tmp_path / "m.json"),
