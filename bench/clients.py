@@ -39,6 +39,7 @@ class StreamRecord:
     transcript: str = ""
     error: str | None = None
     finished: bool = False
+    ended_early: bool = False  # the server ended the stream cleanly before all audio was sent (a drain)
     t_start: float = 0.0  # monotonic: connect
     t_end: float = 0.0  # monotonic: end, error or timeout
 
@@ -112,7 +113,8 @@ async def ws_stream(url: str, key: str, tenant: str, clip: str, pcm16: bytes, *,
                             await ws.send(part)
                         except ConnectionClosed:  # a draining server ends streams early: "end", then 1001
                             break
-                    t["last"] = time.monotonic()
+                    else:
+                        t["last"] = time.monotonic()
                     if not read.done():
                         with contextlib.suppress(ConnectionClosed):
                             await ws.send(json.dumps({"type": "close"}))
@@ -191,6 +193,8 @@ def _finish(rec: StreamRecord, t: dict, finals: list[str]) -> StreamRecord:
         done = t["final"] if t.get("final", 0) > t["last"] else t["end"]
         rec.final_latency_s = done - t["last"]
         rec.lag_s = t["end"] - t["first"] - rec.audio_s
+    elif rec.error is None and "end" in t:
+        rec.ended_early = True  # ended by the server (finals, then end) while the client still had audio
     elif rec.error is None:
         rec.error = "stream ended without an end message"
     return rec

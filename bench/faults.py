@@ -80,7 +80,9 @@ def _summary(records: list[StreamRecord]) -> dict:
         if r.error:
             codes[_code(r)] = codes.get(_code(r), 0) + 1
     ok = [r for r in records if r.finished]
-    return {"streams": len(records), "ok": len(ok), "errors": len(records) - len(ok), "error_codes": codes,
+    early = sum(1 for r in records if r.ended_early)
+    return {"streams": len(records), "ok": len(ok), "ended_early": early, "errors": len(records) - len(ok) - early,
+            "error_codes": codes,
             "final_latency": percentiles([r.final_latency_s for r in ok])}
 
 
