@@ -44,11 +44,15 @@ VOCAB = set(" abcdefghijklmnopqrstuvwxyz'")
 
 # espeak-ng speaker variants: the same train/test split for every espeak-based set, so that no
 # accent adapter can win by learning a voice (see the notes: accents are a mild acoustic change).
-ESPEAK_TRAIN_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt2", "klatt3", "Storm"]
+ESPEAK_TRAIN_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m8", "f1", "f2", "f3", "klatt", "klatt2", "klatt3", "klatt5",
+                         "Storm", "Andy", "Annie", "Denis", "Gene", "Jacky", "Lee", "Mario", "Michael", "Mike",
+                         "adam", "anika", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "edward",
+                         "grandma", "grandpa", "iven", "iven2", "john", "linda", "max", "norbert", "paul",
+                         "quincy", "rob", "robert", "steph", "travis", "victor", "zac"]
 ESPEAK_TEST_VARIANTS = ["m6", "m7", "f4", "f5", "klatt4"]
 
 # Per-set sizes in utterances (wordnet sentences average about 3.5 s once spoken).
-SIZES = {"base_train": 3300, "base_test": 150, "accent_train": 360, "accent_test": 70,
+SIZES = {"base_train": 12000, "base_test": 150, "accent_train": 360, "accent_test": 70,
          "medical_train": 300, "medical_test": 60}
 
 ACCENTS = ("scottish", "caribbean", "indian", "german")
