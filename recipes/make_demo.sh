@@ -14,6 +14,7 @@ python recipes/train_base.py --data "$DATA" --out model_repo/demo.nemo --minutes
   --warmup 300 --vocab char --subsampling 4
 rm -rf model_repo/exported/demo
 brogue export model_repo/demo.nemo --out model_repo/exported/demo --name demo
+rm -rf model_repo/adapters/{scottish,caribbean,indian,german,medical}/v1  # trained for the old base
 for s in scottish caribbean indian german; do
   brogue adapt --model model_repo/demo.nemo --train "$DATA/${s}_train.json" --name "$s" --kind accent \
     --steps 150 --batch-size 16 --lr 3e-3 --replay "$DATA/base_train.json" --replay-fraction 0.25 \
