@@ -116,7 +116,10 @@ async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, second
     except asyncio.TimeoutError:
         log.warning("gateway: streams still open after %g s are dropped", seconds)
         ws_server.close(close_connections=True)
-        await asyncio.wait_for(ws_server.wait_closed(), 2)
+        try:
+            await asyncio.wait_for(ws_server.wait_closed(), 2)
+        except asyncio.TimeoutError:
+            log.warning("gateway: WebSocket handlers still running at exit")
 
 
 def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], listen: Listen = Listen(),

@@ -199,8 +199,12 @@ class WebSocketFrontEnd:
             if stopping.done():
                 return  # the server is shutting down: end of audio, finals follow
             recv = asyncio.ensure_future(ws.recv())
-            done, _ = await asyncio.wait((recv, stopping), timeout=lim.idle_seconds,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait((recv, stopping), timeout=lim.idle_seconds,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                recv.cancel()
+                raise
             if recv not in done:
                 recv.cancel()  # safe: websockets loses no message to a cancelled recv()
                 if stopping.done():

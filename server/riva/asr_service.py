@@ -225,7 +225,11 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         if stopping.done():
             return None
         nxt = asyncio.ensure_future(requests.__anext__())
-        done, _ = await asyncio.wait((nxt, stopping), timeout=IDLE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait((nxt, stopping), timeout=IDLE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the call was cancelled: the pending read goes with it
+            nxt.cancel()
+            raise
         if nxt not in done:
             nxt.cancel()
             if stopping.done():
