@@ -62,18 +62,6 @@ def _check_manifest(path: Path) -> float:
     return total / 3600
 
 
-def _rows(path: Path) -> list[dict]:
-    """The manifest's rows with absolute audio paths (relative ones: from the manifest's folder)."""
-    rows = []
-    for line in open(path):
-        if line.strip():
-            row = json.loads(line)
-            a = Path(row["audio_filepath"])
-            row["audio_filepath"] = str(a if a.is_absolute() else (path.parent / a).resolve())
-            rows.append(row)
-    return rows
-
-
 def training_manifest(path: Path, out: Path, replay: Path | None = None, replay_fraction: float = 0.25,
                       seed: int = 0) -> tuple[int, int]:
     """Write the manifest the adapter trains on to ``out``, with absolute audio paths (NeMo resolves
@@ -83,12 +71,14 @@ def training_manifest(path: Path, out: Path, replay: Path | None = None, replay_
     what differs in the tenant's speech without drifting on everyone else's. Returns (own, replayed)."""
     import random
 
+    from brogue.clients.eval import read_manifest
+
     if not 0 <= replay_fraction < 1:
         raise ValueError(f"replay fraction must be in [0, 1), not {replay_fraction}")
-    rows = _rows(path)
+    rows = read_manifest(Path(path).resolve())
     extra = []
     if replay is not None and replay_fraction > 0:
-        pool = _rows(replay)
+        pool = read_manifest(Path(replay).resolve())
         k = min(len(pool), round(len(rows) * replay_fraction / (1 - replay_fraction)))
         extra = random.Random(seed).sample(pool, k)
     mixed = rows + extra

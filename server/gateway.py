@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from .tenants import AuthError, Lease, LimitError, Tenant, TenantRegistry
 from .triton_client import SequenceError, TritonPool, TritonUnavailable
 
 log = logging.getLogger(__name__)
+
+STOPPED = object()  # what Gateway.next_input gives once the gateway is shutting down
 
 FLUSH = "flush"
 
@@ -77,6 +79,26 @@ class Gateway:
     def shutdown(self) -> None:
         if not self.stopping.done():
             self.stopping.set_result(None)
+
+    async def next_input(self, start: Callable[[], Awaitable], timeout: float):
+        """What ``start()`` (a client read: the next message or request) gives within ``timeout``
+        seconds, or :data:`STOPPED` once :meth:`shutdown` is called. Raises ``asyncio.TimeoutError``
+        when nothing came in time, and whatever the read raises. The read is cancelled if it loses."""
+        stopping = self.stopping
+        if stopping.done():
+            return STOPPED
+        read = asyncio.ensure_future(start())
+        try:
+            done, _ = await asyncio.wait((read, stopping), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if read in done:
+            return read.result()
+        read.cancel()
+        if stopping.done():
+            return STOPPED
+        raise asyncio.TimeoutError
 
     def authenticate(self, api_key: str | None) -> Tenant:
         try:

@@ -33,7 +33,7 @@ from websockets.http11 import Request, Response
 from brogue.audio.codecs import ENCODINGS, SAMPLE_RATES
 
 from .endpointing import EndpointingConfig
-from .gateway import FLUSH, Gateway, StreamError
+from .gateway import FLUSH, STOPPED, Gateway, StreamError
 from .session import SessionConfig
 
 log = logging.getLogger(__name__)
@@ -194,26 +194,15 @@ class WebSocketFrontEnd:
     async def _inputs(self, ws: ServerConnection):
         lim = self.limits
         window_start, count = time.monotonic(), 0
-        stopping = self.gateway.stopping
         while True:
-            if stopping.done():
-                return  # the server is shutting down: end of audio, finals follow
-            recv = asyncio.ensure_future(ws.recv())
             try:
-                done, _ = await asyncio.wait((recv, stopping), timeout=lim.idle_seconds,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                recv.cancel()
-                raise
-            if recv not in done:
-                recv.cancel()  # safe: websockets loses no message to a cancelled recv()
-                if stopping.done():
-                    return
-                raise StreamError("idle", f"no message for {lim.idle_seconds:g} s")
-            try:
-                msg = recv.result()
+                msg = await self.gateway.next_input(ws.recv, lim.idle_seconds)  # a lost recv() loses nothing
+            except asyncio.TimeoutError:
+                raise StreamError("idle", f"no message for {lim.idle_seconds:g} s") from None
             except ConnectionClosed:
                 return  # the client closed without a "close" message: treat as end of audio
+            if msg is STOPPED:
+                return  # the server is shutting down: end of audio, finals follow
             count += 1
             now = time.monotonic()
             if now - window_start >= 1.0:

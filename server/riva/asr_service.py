@@ -48,7 +48,7 @@ import riva.client.proto.riva_audio_pb2 as raudio
 from brogue.audio.codecs import SAMPLE_RATES
 
 from ..endpointing import EndpointingConfig
-from ..gateway import Gateway, StreamError
+from ..gateway import STOPPED, Gateway, StreamError
 from ..session import SessionConfig
 
 log = logging.getLogger(__name__)
@@ -221,24 +221,13 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
     async def _next(self, requests):
         """The next request; None at the end of the client's requests, or once the gateway is
         shutting down (the stream then ends as if the audio had: finals for everything received)."""
-        stopping = self.gateway.stopping
-        if stopping.done():
-            return None
-        nxt = asyncio.ensure_future(requests.__anext__())
         try:
-            done, _ = await asyncio.wait((nxt, stopping), timeout=IDLE_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the call was cancelled: the pending read goes with it
-            nxt.cancel()
-            raise
-        if nxt not in done:
-            nxt.cancel()
-            if stopping.done():
-                return None
-            raise StreamError("idle", f"no request for {IDLE_SECONDS:g} s")
-        try:
-            return nxt.result()
+            req = await self.gateway.next_input(requests.__anext__, IDLE_SECONDS)
         except StopAsyncIteration:
             return None
+        except asyncio.TimeoutError:
+            raise StreamError("idle", f"no request for {IDLE_SECONDS:g} s") from None
+        return None if req is STOPPED else req
 
     async def _abort(self, context, e: StreamError):
         log.info("riva stream error (%s): %s", e.code, e)
