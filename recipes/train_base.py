@@ -73,10 +73,11 @@ def data_config(manifest, batch_size, shuffle, max_duration=16.0) -> dict:
 
 
 def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int, epochs: int = 40,
-                      max_cps: float = 22.0) -> Path:
+                      max_cps: float = 22.0, sortagrad: bool = True) -> Path:
     """``epochs`` passes over the rows in one file, for use with shuffle=False. Every pass is cut into
     batches of similar duration (little padding); the first pass runs them shortest first (SortaGrad:
-    CTC leaves its blank plateau sooner on short utterances), later passes in a seeded random order.
+    CTC leaves its blank plateau sooner on short utterances; off with ``sortagrad=False``, as when
+    continuing a trained model), later passes in a seeded random order.
     Rows faster than ``max_cps`` characters per second (broken synthesis) are left out."""
     import random
 
@@ -91,7 +92,7 @@ def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int, epo
             rng.shuffle(rows)
             rows.sort(key=lambda r: round(r["duration"], 1))
             batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-            if epoch:
+            if epoch or not sortagrad:
                 rng.shuffle(batches)
             for b in batches:
                 for r in b:
@@ -167,6 +168,8 @@ def main(argv=None):
     ap.add_argument("--subsampling", type=int, default=SUBSAMPLING)
     ap.add_argument("--layers", type=int, default=N_LAYERS)
     ap.add_argument("--d-model", type=int, default=D_MODEL)
+    ap.add_argument("--init", type=Path, help="continue from this .nemo (its weights, vocabulary and architecture; "
+                    "--vocab/--subsampling/--layers/--d-model are then ignored): a second budget on the same data")
     ap.add_argument("--probe-every", type=int, default=200, help="print a greedy WER on 16 base-test rows every N steps")
     a = ap.parse_args(argv)
 
@@ -178,14 +181,19 @@ def main(argv=None):
 
     torch.set_num_threads(a.threads)
     pl.seed_everything(a.seed)
-    tok = None if a.vocab == "char" else train_tokenizer(a.data / "base_train.json", Path(str(a.out) + ".tokenizer"),
-                                                         int(a.vocab))
-    cfg = demo_config(tok, d_model=a.d_model, n_layers=a.layers, subsampling=a.subsampling)
+    if a.init:
+        from nemo.core import ModelPT
+
+        cfg = OmegaConf.to_container(ModelPT.restore_from(str(a.init), map_location="cpu").cfg, resolve=True)
+    else:
+        tok = None if a.vocab == "char" else train_tokenizer(a.data / "base_train.json",
+                                                             Path(str(a.out) + ".tokenizer"), int(a.vocab))
+        cfg = demo_config(tok, d_model=a.d_model, n_layers=a.layers, subsampling=a.subsampling)
     probe = [json.loads(l) for l in open(a.data / "base_test.json")][:16]
     for r in probe:
         r["audio_filepath"] = str((a.data / r["audio_filepath"]).resolve())
     train = bucketed_manifest(a.data / "base_train.json", Path(str(a.out) + ".train_manifest.json"),
-                              a.batch_size, a.seed)
+                              a.batch_size, a.seed, sortagrad=a.init is None)
     cfg["train_ds"] = data_config(train, a.batch_size, False)
     cfg["optim"] = {"name": "adamw", "lr": a.lr, "betas": [0.9, 0.98], "weight_decay": 1e-3}
     budget = a.minutes * 60
@@ -221,9 +229,18 @@ def main(argv=None):
                          max_time={"minutes": a.minutes}, enable_checkpointing=False, logger=False,
                          enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
                          callbacks=[log], gradient_clip_val=1.0)
-    model = model_class("ctc", tok is not None)(cfg=OmegaConf.create(cfg), trainer=trainer)
-    mu, sd = fold_feature_norm(model, train)
-    print(f"feature mean {mu:.2f} std {sd:.2f} folded into the first conv", flush=True)
+    if a.init:
+        from nemo.core import ModelPT
+
+        model = ModelPT.restore_from(str(a.init), map_location="cpu", trainer=trainer)
+        model.cfg = OmegaConf.create(cfg)  # this run's train_ds and optim (configure_optimizers reads cfg.optim)
+        model.setup_training_data(model.cfg.train_ds)
+        mu = sd = None  # the feature normalisation was folded when the model was first trained
+        print(f"continuing from {a.init}", flush=True)
+    else:
+        model = model_class("ctc", tok is not None)(cfg=OmegaConf.create(cfg), trainer=trainer)
+        mu, sd = fold_feature_norm(model, train)
+        print(f"feature mean {mu:.2f} std {sd:.2f} folded into the first conv", flush=True)
     t0 = log.t0 = time.time()
     trainer.fit(model)
     seconds = time.time() - t0
@@ -233,8 +250,8 @@ def main(argv=None):
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
              "last_loss": log.loss, "train_hours_audio": round(hours, 3),
              "params": sum(p.numel() for p in model.parameters()), "batch_size": a.batch_size, "lr": a.lr,
-             "minutes_budget": a.minutes, "folded_feature_mean_std": [round(mu, 3), round(sd, 3)],
-             "threads": a.threads, "accelerator": a.accelerator}
+             "minutes_budget": a.minutes, "folded_feature_mean_std": None if a.init else [round(mu, 3), round(sd, 3)],
+             "threads": a.threads, "accelerator": a.accelerator, "init": str(a.init) if a.init else None}
     Path(str(a.out) + ".train.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(json.dumps(stats))
 
