@@ -9,6 +9,7 @@ DATA=${1:-/work/data}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 export PATH="$REPO/.venv/bin:$PATH"
+python -m pip install -q -e ".[export,recipes]"              # NeMo for training, pocketsphinx for the table
 
 brogue corpus --out "$DATA" --seed 0
 python recipes/train_base.py --data "$DATA" --out model_repo/demo.nemo --minutes 80 --batch-size 16 --lr 2e-3 \
