@@ -197,7 +197,8 @@ def _job(job: dict) -> dict | None:
             fx += ["tempo", "-s", f"{job['tempo']:.3f}"]
         if job.get("cents", 0):
             fx += ["pitch", str(job["cents"])]
-        subprocess.run(["sox", "-G", str(raw), "-c", "1", "-b", "16", str(out), *fx, "rate", "16000",
+        # -R: sox seeds its dither from the clock otherwise, and the same seed gave different samples
+        subprocess.run(["sox", "-R", "-G", str(raw), "-c", "1", "-b", "16", str(out), *fx, "rate", "16000",
                         "pad", f"{job['pad'][0]:.2f}", f"{job['pad'][1]:.2f}"],
                        check=True, capture_output=True, timeout=120)
         raw.unlink(missing_ok=True)
