@@ -21,11 +21,11 @@ brogue export model_repo/demo.nemo --out model_repo/exported/demo --name demo
 rm -rf model_repo/adapters/{scottish,caribbean,indian,german,medical}/v1  # trained for the old base
 for s in scottish caribbean indian german; do
   brogue adapt --model model_repo/demo.nemo --train "$DATA/${s}_train.json" --name "$s" --kind accent \
-    --steps 150 --batch-size 16 --lr 3e-3 --replay "$DATA/base_train.json" --replay-fraction 0.25 \
+    --steps 150 --batch-size 16 --lr 3e-3 --replay "$DATA/base_train.json" --replay-fraction 0.5 \
     --store model_repo/adapters --version v1
 done
 brogue adapt --model model_repo/demo.nemo --train "$DATA/medical_train.json" --name medical --kind domain \
-  --steps 150 --batch-size 16 --lr 3e-3 --replay "$DATA/base_train.json" --replay-fraction 0.25 \
+  --steps 150 --batch-size 16 --lr 3e-3 --replay "$DATA/base_train.json" --replay-fraction 0.5 \
   --store model_repo/adapters --version v1
 python recipes/report.py --data "$DATA"                      # README table + recipes/accuracy.json
 python recipes/check_streaming.py --nemo model_repo/demo.nemo --model-dir model_repo/exported/demo \
