@@ -2,6 +2,8 @@
 
     python recipes/train_base.py --data /work/data --out model_repo/demo.nemo --minutes 80 \
         --batch-size 16 --lr 2e-3 --warmup 300 --vocab char --subsampling 4
+    python recipes/train_base.py --data /work/data --out model_repo/demo.nemo --minutes 90 \
+        --batch-size 16 --lr 1.5e-3 --warmup 200 --init model_repo/demo.nemo   # a second budget
 
 What the demo uses (recipes/make_demo.sh): the 28-character vocabulary, 4 layers x 144, subsampling
 4 (40 ms frames), att_context_size [72, 5]: chunks of 6 encoder frames = 240 ms, 2.9 s of left
