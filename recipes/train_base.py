@@ -83,12 +83,10 @@ def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int, epo
     Rows faster than ``max_cps`` characters per second (broken synthesis) are left out."""
     import random
 
+    from brogue.clients.eval import read_manifest
+
     rng = random.Random(seed)
-    rows = [json.loads(l) for l in open(manifest) if l.strip()]
-    rows = [r for r in rows if len(r["text"]) / r["duration"] <= max_cps]
-    for r in rows:
-        a = Path(r["audio_filepath"])
-        r["audio_filepath"] = str(a if a.is_absolute() else (manifest.parent / a).resolve())
+    rows = [r for r in read_manifest(manifest.resolve()) if len(r["text"]) / r["duration"] <= max_cps]
     with open(out, "w") as f:
         for epoch in range(epochs):
             rng.shuffle(rows)
@@ -179,21 +177,22 @@ def main(argv=None):
     import torch
     from omegaconf import OmegaConf
 
+    from brogue.clients.eval import read_manifest
     from brogue.export.configs import model_class
 
     torch.set_num_threads(a.threads)
     pl.seed_everything(a.seed)
+    model = None
     if a.init:
         from nemo.core import ModelPT
 
-        cfg = OmegaConf.to_container(ModelPT.restore_from(str(a.init), map_location="cpu").cfg, resolve=True)
+        model = ModelPT.restore_from(str(a.init), map_location="cpu")
+        cfg = OmegaConf.to_container(model.cfg, resolve=True)
     else:
         tok = None if a.vocab == "char" else train_tokenizer(a.data / "base_train.json",
                                                              Path(str(a.out) + ".tokenizer"), int(a.vocab))
         cfg = demo_config(tok, d_model=a.d_model, n_layers=a.layers, subsampling=a.subsampling)
-    probe = [json.loads(l) for l in open(a.data / "base_test.json")][:16]
-    for r in probe:
-        r["audio_filepath"] = str((a.data / r["audio_filepath"]).resolve())
+    probe = read_manifest(a.data / "base_test.json", limit=16)
     train = bucketed_manifest(a.data / "base_train.json", Path(str(a.out) + ".train_manifest.json"),
                               a.batch_size, a.seed, sortagrad=a.init is None)
     cfg["train_ds"] = data_config(train, a.batch_size, False)
@@ -231,10 +230,8 @@ def main(argv=None):
                          max_time={"minutes": a.minutes}, enable_checkpointing=False, logger=False,
                          enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0,
                          callbacks=[log], gradient_clip_val=1.0)
-    if a.init:
-        from nemo.core import ModelPT
-
-        model = ModelPT.restore_from(str(a.init), map_location="cpu", trainer=trainer)
+    if model is not None:
+        model.set_trainer(trainer)
         model.cfg = OmegaConf.create(cfg)  # this run's train_ds and optim (configure_optimizers reads cfg.optim)
         model.setup_training_data(model.cfg.train_ds)
         mu = sd = None  # the feature normalisation was folded when the model was first trained
