@@ -19,9 +19,10 @@ rate warms up over --warmup steps, then decays on a cosine over the wall-clock b
 so the model ends annealed however fast this host is. Batches hold utterances of similar length
 (less padding); the first pass runs them shortest first (SortaGrad), later passes in random order.
 --init starts AdamW afresh (a .nemo keeps no optimiser state), so every continued budget first
-undoes some of the last one: measured on the third budget, the probe went from 42% after the
-warm-up to 57% at step 600 with a peak of 1e-3 (loss 27, aborted) and also with 5e-4, which then
-recovered to 40-44% by the end. Keep the peak of a later budget low.
+undoes some of the last one. Measured on the third budget: the probe read 42% (peak 1e-3) and 48%
+(peak 5e-4) at the end of the warm-up, then 57% at step 600 with either peak; the 1e-3 run (loss 27
+against 11-15) was aborted there, the 5e-4 run recovered to 40-44% by its end. Keep the peak of a
+later budget low.
 Every --probe-every steps it prints a greedy WER on 16 base-test utterances (a progress probe).
 Stops after --minutes or --max-steps, whichever comes first. Runs with PyTorch Lightning on CPU here
 and unchanged on a GPU (--accelerator gpu). Writes the .nemo and ``<out>.train.json`` (steps, epochs,
