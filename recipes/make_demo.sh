@@ -22,14 +22,12 @@ python recipes/train_base.py --data "$DATA" --out model_repo/demo.nemo --init mo
 rm -rf model_repo/exported/demo
 brogue export model_repo/demo.nemo --out model_repo/exported/demo --name demo
 rm -rf model_repo/adapters/{scottish,caribbean,indian,german,medical}/v1  # trained for the old base
-for s in scottish caribbean indian german; do
-  brogue adapt --model model_repo/demo.nemo --train "$DATA/${s}_train.json" --name "$s" --kind accent \
+for entry in scottish:accent caribbean:accent indian:accent german:accent medical:domain; do
+  s=${entry%%:*}
+  brogue adapt --model model_repo/demo.nemo --train "$DATA/${s}_train.json" --name "$s" --kind "${entry#*:}" \
     --steps 150 --batch-size 16 --lr 3e-3 --replay "$DATA/base_train.json" --replay-fraction 0.5 \
     --store model_repo/adapters --version v1
 done
-brogue adapt --model model_repo/demo.nemo --train "$DATA/medical_train.json" --name medical --kind domain \
-  --steps 150 --batch-size 16 --lr 3e-3 --replay "$DATA/base_train.json" --replay-fraction 0.5 \
-  --store model_repo/adapters --version v1
 python recipes/report.py --data "$DATA"                      # README table + recipes/accuracy.json
 python recipes/check_streaming.py --nemo model_repo/demo.nemo --model-dir model_repo/exported/demo \
   --manifest "$DATA/base_test.json" --limit 40 --json recipes/streaming_parity.json

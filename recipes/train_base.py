@@ -38,6 +38,8 @@ import resource
 import time
 from pathlib import Path
 
+from brogue.clients.eval import read_manifest
+
 D_MODEL, N_LAYERS, N_HEADS = 144, 4, 4
 ATT_CONTEXT = (72, 5)
 SUBSAMPLING = 4
@@ -89,8 +91,6 @@ def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int, epo
     continuing a trained model), later passes in a seeded random order.
     Rows faster than ``max_cps`` characters per second (broken synthesis) are left out."""
     import random
-
-    from brogue.clients.eval import read_manifest
 
     rng = random.Random(seed)
     rows = [r for r in read_manifest(manifest.resolve()) if len(r["text"]) / r["duration"] <= max_cps]
@@ -184,7 +184,6 @@ def main(argv=None):
     import torch
     from omegaconf import OmegaConf
 
-    from brogue.clients.eval import read_manifest
     from brogue.export.configs import model_class
 
     torch.set_num_threads(a.threads)
