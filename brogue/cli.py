@@ -241,6 +241,9 @@ def adapters_push(
     description: Optional[str] = typer.Option(None, "--description", help="Free text."),
     base_fingerprint: Optional[str] = typer.Option(None, "--base-fingerprint",
                                                    help="Refuse unless the served model has this fingerprint."),
+    domain_lm: Optional[Path] = typer.Option(None, "--domain-lm", help="Sentences (.txt/.txt.gz) for the "
+                                                                        "adapter's domain LM (an entry's own goes along)."),
+    domain_lm_weight: float = typer.Option(0.0, help="Its weight in the mix with the model's LM (0: 0.5)."),
     admin: str = _ADMIN, token: Optional[str] = _TOKEN, tls_ca: Optional[Path] = _TLS_CA,
 ):
     """Validate an adapter on the gateway and add it to its store as NAME@VERSION."""
@@ -249,7 +252,7 @@ def adapters_push(
 
     try:
         req = push_request(path, name=name, version=version, kind=kind, description=description,
-                           base_fingerprint=base_fingerprint)
+                           base_fingerprint=base_fingerprint, domain_lm=domain_lm, domain_lm_weight=domain_lm_weight)
     except (AdapterError, ValueError, OSError) as e:
         _fail(str(e))
     a = _admin_call(admin, token, tls_ca, lambda c: c.publish(req))
@@ -319,6 +322,8 @@ def adapt(
                                                      "set) mixed into training, so the adapter does not drift "
                                                      "on other speakers."),
     replay_fraction: float = typer.Option(0.25, help="Share of the training rows drawn from --replay."),
+    domain_lm: float = typer.Option(0.0, help="Store the manifest's sentences as the adapter's domain LM, "
+                                              "mixed into the model's LM at this weight (0: none)."),
 ):
     """Train one tenant's LinearAdapter (base frozen) and write a validated adapter-store entry."""
     from brogue.export.adapt import train_adapter
@@ -326,13 +331,42 @@ def adapt(
     try:
         r = train_adapter(model, train, name, store=store, dim=dim, steps=steps, batch_size=batch_size, lr=lr,
                           version=version, kind=kind, description=description, accelerator=accelerator,
-                          replay=replay, replay_fraction=replay_fraction)
+                          replay=replay, replay_fraction=replay_fraction, domain_lm=domain_lm)
     except (FileNotFoundError, ValueError, FileExistsError) as e:
         _fail(str(e))
     console.print(f"trained {r.steps} steps on {r.train_hours * 60:.1f} min of audio in {r.seconds:.0f} s "
                   f"(loss {r.first_loss:.2f} -> {r.last_loss:.2f}, peak RSS {r.peak_rss_mb} MB)")
     console.print(f"stored {r.manifest.name}@{r.manifest.version} in {r.entry}")
     typer.echo(f"{r.manifest.name}@{r.manifest.version}")
+
+
+@app.command("lm")
+def lm_cmd(
+    text: list[Path] = typer.Argument(..., help="NeMo manifests (their text) or sentence files (.txt, .txt.gz)."),
+    model_dir: Path = typer.Option(DEFAULT_MODEL_REPO / "exported" / "demo", help="Exported CTC model folder."),
+    order: int = typer.Option(8, help="Character n-gram order."),
+    alpha: float = typer.Option(1.0, help="LM weight (ignored with --dev)."),
+    beta: float = typer.Option(1.5, help="Bonus per character (ignored with --dev)."),
+    beam: int = typer.Option(16, help="Hypotheses kept per frame."),
+    dev: Optional[Path] = typer.Option(None, help="Manifest to tune alpha and beta on (its sentences are left "
+                                                  "out of the LM). Not the test split."),
+    dev_limit: int = typer.Option(300, help="Utterances of --dev used."),
+    remove: bool = typer.Option(False, "--remove", help="Drop the model's LM instead (greedy decoding)."),
+):
+    """Give an exported CTC model a character LM for beam search (lm.txt.gz + model.json)."""
+    from brogue.export.lm import build_lm, remove_lm
+
+    try:
+        if remove:
+            console.print("removed" if remove_lm(model_dir) else "the model had no LM")
+            return
+        r = build_lm(model_dir, text, order=order, alpha=alpha, beta=beta, beam=beam, dev=dev, dev_limit=dev_limit,
+                     progress=lambda a, b, w: console.print(f"alpha {a:.2f} beta {b:.2f}: dev WER {w * 100:.2f}%"))
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _fail(str(e))
+    console.print(f"LM: {r.sentences} sentences, order {r.order}, {r.bytes / 1024:.0f} KB; alpha {r.alpha}, beta {r.beta}")
+    if r.dev_wer is not None:
+        console.print(f"dev WER: greedy {r.dev_greedy_wer * 100:.2f}% -> LM {r.dev_wer * 100:.2f}%")
 
 
 @app.command("eval")
@@ -345,18 +379,21 @@ def eval_cmd(
     batch: int = typer.Option(16, help="Streams run together."),
     limit: Optional[int] = typer.Option(None, help="Only the first N utterances."),
     show: int = typer.Option(0, help="Print the first N hypotheses."),
+    decoder: str = typer.Option("auto", help="auto (LM beam search when the model has an LM), greedy, or lm."),
 ):
     """Stream a manifest chunk by chunk through the exported model; last line: WER=<%> CER=<%>."""
     from brogue.clients.eval import EvalError, evaluate
 
     try:
-        r = evaluate(manifest, model_dir=model_dir, adapter=adapter, store=store, batch=batch, limit=limit)
+        r = evaluate(manifest, model_dir=model_dir, adapter=adapter, store=store, batch=batch, limit=limit,
+                     decoder=decoder)
     except EvalError as e:
         _fail(str(e))
     for ref, hyp in list(zip(r.refs, r.hyps))[:show]:
         typer.echo(f"REF: {ref}\nHYP: {hyp}")
     typer.echo(f"{r.n} utterances, {r.hours * 60:.1f} min of audio, {r.seconds:.1f} s "
-               f"({r.hours * 3600 / max(r.seconds, 1e-9):.0f}x real time), adapter {r.adapter or 'none'}")
+               f"({r.hours * 3600 / max(r.seconds, 1e-9):.0f}x real time), adapter {r.adapter or 'none'}, "
+               f"decoder {r.decoder}")
     typer.echo(f"WER={r.wer * 100:.2f} CER={r.cer * 100:.2f}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from brogue.adapters import MANIFEST_FILE, TENSORS_FILE, read_adapter
+from brogue.engine.lm import read_text
 from brogue.server.protos import brogue_admin_pb2 as pb
 from brogue.server.protos import brogue_admin_pb2_grpc as pb_grpc
 
@@ -41,33 +42,44 @@ class PushRequest:
     safetensors: bytes
     base_fingerprint: str = ""
     source: dict | None = None
+    domain_lm_text: str = ""  # the domain LM's sentences, one per line ("" = none)
+    domain_lm_weight: float = 0.0  # 0 = the server's default, 0.5
 
 
 def push_request(path: str | os.PathLike, *, name: str | None = None, version: str | None = None,
                  kind: str | None = None, description: str | None = None,
-                 base_fingerprint: str | None = None) -> PushRequest:
+                 base_fingerprint: str | None = None, domain_lm: str | os.PathLike | None = None,
+                 domain_lm_weight: float = 0.0) -> PushRequest:
     """Read a store entry directory or an ``adapter.safetensors`` file for :meth:`AdminClient.publish`.
 
     An entry directory is checked locally first (manifest, size, SHA-256, tensors; not the base
     model, which the server checks); its manifest supplies the defaults of every field, and its
     base fingerprint is sent so that the server refuses an adapter trained on another base model.
-    A bare tensor file needs ``name``.
+    A bare tensor file needs ``name``. An entry's domain LM goes along; ``domain_lm`` (a sentence
+    file, ``.txt`` or ``.txt.gz``) gives one, or replaces the entry's, mixed in at ``domain_lm_weight``.
     """
     path = Path(path)
+    lm_text, lm_weight = "", domain_lm_weight
+    if domain_lm is not None:
+        lm_text = "\n".join(read_text(domain_lm))
+        if not lm_text:
+            raise ValueError(f"{domain_lm}: no sentences")
     if path.is_dir():
         weights = read_adapter(path, None)  # AdapterError for a damaged entry
         m = weights.manifest
+        if not lm_text and weights.lm_path is not None:
+            lm_text, lm_weight = "\n".join(read_text(weights.lm_path)), lm_weight or m.lm["weight"]
         return PushRequest(name or m.name, version if version is not None else m.version,
                            kind if kind is not None else m.kind,
                            description if description is not None else m.description,
                            (path / TENSORS_FILE).read_bytes(), base_fingerprint or m.base_fingerprint,
-                           m.source)
+                           m.source, lm_text, lm_weight)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such adapter file or store entry directory")
     if not name:
         raise ValueError(f"{path}: a bare tensor file needs --name (an entry folder has a {MANIFEST_FILE})")
     return PushRequest(name, version or "", kind or "", description or "", path.read_bytes(),
-                       base_fingerprint or "")
+                       base_fingerprint or "", None, lm_text, lm_weight)
 
 
 class AdminClient:
@@ -108,7 +120,8 @@ class AdminClient:
         return self._call(self.stub.PublishAdapter, pb.PublishAdapterRequest(
             name=req.name, version=req.version, kind=req.kind, description=req.description,
             safetensors=req.safetensors, base_fingerprint=req.base_fingerprint,
-            source_json=json.dumps(req.source) if req.source else ""))
+            source_json=json.dumps(req.source) if req.source else "",
+            domain_lm_text=req.domain_lm_text, domain_lm_weight=req.domain_lm_weight))
 
     def assign(self, tenant: str, adapter: str) -> pb.Tenant:
         return self._call(self.stub.AssignAdapter, pb.AssignAdapterRequest(tenant=tenant, adapter=adapter))
@@ -124,7 +137,8 @@ def adapter_dict(a: pb.Adapter) -> dict:
     return {"ref": a.ref, "kind": a.kind, "description": a.description, "dim": a.dim, "n_layers": a.n_layers,
             "d_model": a.d_model, "sha256": a.sha256, "size_bytes": a.size_bytes,
             "base_fingerprint": a.base_fingerprint, "created_at": a.created_at, "tenants": list(a.tenants),
-            "error": a.error or None, "error_code": a.error_code or None}
+            "error": a.error or None, "error_code": a.error_code or None,
+            "domain_lm_sentences": a.domain_lm_sentences}
 
 
 def tenant_dict(t: pb.Tenant) -> dict:

@@ -38,6 +38,7 @@ class EvalResult:
     seconds: float
     adapter: str | None = None
     rows: list[dict] = field(default_factory=list)
+    decoder: str = "greedy"
 
     @property
     def n(self) -> int:
@@ -90,8 +91,10 @@ def error_rates(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     return float(jiwer.wer(refs, hyps)), float(jiwer.cer(refs, hyps))
 
 
-def make_runner(model_dir: str | Path, adapter: str | None, store: str | Path, slots: int = 2):
-    """A StreamingRunner on ``model_dir`` with ``adapter`` (NAME@VERSION or NAME) in slot 1."""
+def make_runner(model_dir: str | Path, adapter: str | None, store: str | Path, slots: int = 2,
+                decoder: str = "auto"):
+    """A StreamingRunner on ``model_dir`` with ``adapter`` (NAME@VERSION or NAME) in slot 1, and
+    the adapter's domain LM, if it has one, for that slot."""
     from brogue.adapters import AdapterError, BaseSpec
     from brogue.engine.runner import StreamingRunner
     from brogue.server.adapters.store import AdapterStore
@@ -99,7 +102,10 @@ def make_runner(model_dir: str | Path, adapter: str | None, store: str | Path, s
     model_dir = Path(model_dir)
     if not (model_dir / "model.json").is_file():
         raise EvalError(f"{model_dir}: no exported model (model.json) there")
-    runner = StreamingRunner(model_dir, slots=slots)
+    try:
+        runner = StreamingRunner(model_dir, slots=slots, decoder=decoder)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     ref = None
     if adapter:
         st = AdapterStore(store)
@@ -114,6 +120,7 @@ def make_runner(model_dir: str | Path, adapter: str | None, store: str | Path, s
         except (AdapterError, ValueError) as e:
             raise EvalError(str(e)) from None
         runner.bank.write(1, w.ln_weight, w.ln_bias, w.down, w.up)
+        runner.slot_lm_setter(w)(1)
         ref = adapter
     return runner, ref
 
@@ -127,10 +134,10 @@ def transcribe(runner, audios: list[np.ndarray], slot: int, batch: int = 16) -> 
 
 
 def evaluate(manifest, *, model_dir, adapter: str | None = None, store=None, batch: int = 16,
-             limit: int | None = None, runner=None) -> EvalResult:
+             limit: int | None = None, runner=None, decoder: str = "auto") -> EvalResult:
     rows = read_manifest(manifest, limit)
     if runner is None:
-        runner, ref = make_runner(model_dir, adapter, store)
+        runner, ref = make_runner(model_dir, adapter, store, decoder=decoder)
     else:
         ref = adapter
     rate = runner.meta.mel.sample_rate
@@ -141,4 +148,4 @@ def evaluate(manifest, *, model_dir, adapter: str | None = None, store=None, bat
     refs = [r["text"] for r in rows]
     wer, cer = error_rates(refs, hyps)
     return EvalResult(refs=refs, hyps=hyps, wer=wer, cer=cer, hours=sum(len(a) for a in audios) / rate / 3600,
-                      seconds=seconds, adapter=ref, rows=rows)
+                      seconds=seconds, adapter=ref, rows=rows, decoder=runner.decoder)

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from brogue.clients.eval import read_manifest
+
 
 @dataclass
 class AdaptResult:
@@ -71,7 +73,6 @@ def training_manifest(path: Path, out: Path, replay: Path | None = None, replay_
     what differs in the tenant's speech without drifting on everyone else's. Returns (own, replayed)."""
     import random
 
-    from brogue.clients.eval import read_manifest
 
     if not 0 <= replay_fraction < 1:
         raise ValueError(f"replay fraction must be in [0, 1), not {replay_fraction}")
@@ -111,12 +112,15 @@ def train_adapter(
     progress: bool = True,
     seed: int = 0,
     model=None,
+    domain_lm: float = 0.0,
 ) -> AdaptResult:
     """Train ``encoder:NAME`` for ``steps`` optimiser steps; publish it as ``STORE/NAME/VERSION``.
 
     ``replay``: a manifest of general speech, mixed in as ``replay_fraction`` of the training rows
     (see :func:`training_manifest`). ``model``: an already restored base model to use instead of
-    loading ``model_path`` (it is modified: the adapter is added to it).
+    loading ``model_path`` (it is modified: the adapter is added to it). ``domain_lm``: when
+    above 0, the training manifest's sentences become the entry's domain LM, mixed at that weight
+    into the model's LM for streams on this adapter (a domain adapter learns its words this way).
     """
     import tempfile
 
@@ -132,6 +136,8 @@ def train_adapter(
     from .nemo_export import fingerprint, load_nemo
 
     AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
+    if not 0 <= domain_lm < 1:
+        raise ValueError(f"domain LM weight must be in [0, 1) (0: none), not {domain_lm}")
     train_manifest = Path(train_manifest)
     hours = _check_manifest(train_manifest)
     if replay is not None:
@@ -182,7 +188,9 @@ def train_adapter(
     if fingerprint(model) != base_fp:
         raise RuntimeError("the base weights changed during adapter training (they must stay frozen)")
     store = Path(store)
+    lm_sentences = [r["text"] for r in read_manifest(train_manifest)] if domain_lm > 0 else None
     m = export_adapter(None, model=model, store=store, name=name, adapter=name, version=version, kind=kind,
+                       lm_sentences=lm_sentences, lm_weight=domain_lm or 0.5,
                        description=description or f"LinearAdapter dim {dim}, {steps} steps on {train_manifest.name} "
                                                   f"({hours * 60:.1f} min of audio), {trainable} parameters")
     entry = store / m.name / m.version

@@ -182,13 +182,16 @@ def export_adapter(
     version: str | None = None,
     kind: str = "",
     description: str = "",
+    lm_sentences: list[str] | None = None,
+    lm_weight: float = 0.5,
 ) -> Manifest:
     """Convert one adapter into a store entry ``store/NAME/VERSION`` and return its manifest.
 
     ``source``: a ``save_adapters`` file, or None to take the adapter from ``model`` itself.
     ``model``: the base model (a NeMo model or a ``.nemo`` path): it gives the fingerprint and the
     expected shapes. ``adapter``: which adapter of the source (needed when it holds several).
-    ``name``: the store name (default: the adapter's own name).
+    ``name``: the store name (default: the adapter's own name). ``lm_sentences``: the domain's
+    text, stored as the entry's domain LM, mixed into the model's LM at ``lm_weight``.
     """
     from .nemo_export import fingerprint, load_nemo
 
@@ -215,4 +218,6 @@ def export_adapter(
         base_fingerprint=fingerprint(model),
         source={"from": str(source) if source else "model", "adapter": adapter,
                 "nemo_class": type(model).__name__},
+        lm_sentences=lm_sentences,
+        lm_weight=lm_weight,
     )

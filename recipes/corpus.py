@@ -52,7 +52,7 @@ ESPEAK_TRAIN_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m8", "f1", "f2", "f3", "
 ESPEAK_TEST_VARIANTS = ["m6", "m7", "f4", "f5", "klatt4"]
 
 # Per-set sizes in utterances (wordnet sentences average about 3.5 s once spoken).
-SIZES = {"base_train": 12000, "base_test": 150, "accent_train": 360, "accent_test": 70,
+SIZES = {"base_train": 12000, "base_test": 150, "base_dev": 150, "accent_train": 360, "accent_test": 70,
          "medical_train": 300, "medical_test": 60}
 
 ACCENTS = ("scottish", "caribbean", "indian", "german")
@@ -257,7 +257,9 @@ def make_jobs(name: str, sentences: list[str], voices, rng: random.Random, root:
     return jobs
 
 
-def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=print) -> dict:
+def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=print, only=None) -> dict:
+    """Synthesise every split (or the splits named in ``only``; the plan, and so each split's
+    content, is the same either way) into ``out``; returns the summary."""
     ensure_packages(log)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -287,9 +289,18 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
     t_test, t_train = MED_TEMPLATES[:4], MED_TEMPLATES[4:]  # test sentences use unseen templates
     plan["medical_test"] = (medical_sentences(rng, pool, sz["medical_test"], t_test), base_voices("test"))
     plan["medical_train"] = (medical_sentences(rng, pool, sz["medical_train"], t_train), base_voices("train"))
+    # Planned last, so that adding it left every other split as it was: held-out voices like the
+    # test split, unseen sentences; for tuning decoding (the LM weight), never for training.
+    plan["base_dev"] = (take(sz["base_dev"]), base_voices("test"))
 
     jobs: dict[str, list[dict]] = {name: make_jobs(name, s, v, rng, out) for name, (s, v) in plan.items()}
-    summary = {}
+    if only:
+        unknown = set(only) - set(jobs)
+        if unknown:
+            raise ValueError(f"unknown splits {sorted(unknown)}; the corpus has {sorted(jobs)}")
+        jobs = {k: v for k, v in jobs.items() if k in only}
+    old = out / "corpus_summary.json"
+    summary = json.loads(old.read_text()) if only and old.is_file() else {}
     t0 = time.time()
     with Pool(workers) as pool_:
         for name, js in jobs.items():
@@ -301,11 +312,12 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
             summary[name] = {"utterances": len(rows), "hours": round(hours, 3)}
             log(f"{name}: {len(rows)} utterances, {hours * 60:.1f} min ({time.time() - t0:.0f} s)")
     # flite/Festival/pico part of the base test split (pocketsphinx's home ground)
-    rows = [json.loads(l) for l in open(out / "base_test.json")]
-    with open(out / "base_test_ffp.json", "w") as f:
-        for r in rows:
-            if r["engine"] in ("flite", "festival", "pico"):
-                f.write(json.dumps(r) + "\n")
+    if "base_test" in jobs:
+        rows = [json.loads(l) for l in open(out / "base_test.json")]
+        with open(out / "base_test_ffp.json", "w") as f:
+            for r in rows:
+                if r["engine"] in ("flite", "festival", "pico"):
+                    f.write(json.dumps(r) + "\n")
     summary["_seed"] = seed
     summary["_scale"] = scale
     (out / "corpus_summary.json").write_text(json.dumps(summary, indent=1))
@@ -318,8 +330,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every set's size")
+    ap.add_argument("--only", nargs="+", help="synthesise only these splits (e.g. base_dev)")
     a = ap.parse_args(argv)
-    print(json.dumps(build(a.out, a.seed, a.workers, a.scale), indent=1))
+    print(json.dumps(build(a.out, a.seed, a.workers, a.scale, only=a.only), indent=1))
 
 
 if __name__ == "__main__":

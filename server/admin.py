@@ -38,6 +38,7 @@ from .tenants import AuthError
 log = logging.getLogger(__name__)
 
 MAX_ADAPTER_BYTES = 256 << 20
+MAX_LM_TEXT_BYTES = 16 << 20
 
 
 def admin_token_of(metadata) -> str | None:
@@ -63,6 +64,7 @@ def adapter_message(manifest=None, ref: AdapterRef | None = None, error: Adapter
         msg.dim, msg.n_layers, msg.d_model = manifest.dim, manifest.n_layers, manifest.d_model
         msg.sha256, msg.size_bytes = manifest.sha256, manifest.size_bytes
         msg.base_fingerprint, msg.created_at = manifest.base_fingerprint, manifest.created_at
+        msg.domain_lm_sentences = manifest.lm.get("sentences", 0) if manifest.lm else 0
     if ref is not None:
         msg.ref, msg.name, msg.version = str(ref), ref.name, ref.version
     if error is not None:
@@ -107,6 +109,15 @@ class AdminService(pb_grpc.AdminServicer):
         if len(request.safetensors) > MAX_ADAPTER_BYTES:
             await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
                               f"adapter file of {len(request.safetensors)} bytes exceeds {MAX_ADAPTER_BYTES}")
+        if len(request.domain_lm_text.encode()) > MAX_LM_TEXT_BYTES:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
+                              f"domain LM text over {MAX_LM_TEXT_BYTES} bytes")
+        if request.domain_lm_text and not 0 <= request.domain_lm_weight < 1:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
+                              f"domain_lm_weight must be in (0, 1) (0: 0.5), not {request.domain_lm_weight:g}")
+        if request.domain_lm_text and not request.domain_lm_text.strip():
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
+                              "domain_lm_text holds no sentence")
         if request.base_fingerprint and request.base_fingerprint != self.base.fingerprint:
             await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "adapter",
                               f"wrong_base: adapter {request.name} was trained on base model "
@@ -143,9 +154,11 @@ class AdminService(pb_grpc.AdminServicer):
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(request.safetensors)
+            lm = request.domain_lm_text.splitlines() if request.domain_lm_text else None
             return self.store.publish(Path(tmp), base=self.base, name=request.name,
                                       version=request.version or None, kind=request.kind,
-                                      description=request.description, source=source)
+                                      description=request.description, source=source, lm_sentences=lm,
+                                      lm_weight=round(request.domain_lm_weight, 4) or 0.5)
         except AdapterError as e:  # name the upload in the message, not the temporary file
             message = str(e).replace(tmp, f"the adapter.safetensors of {request.name}")
             raise AdapterError(e.code, message) from None

@@ -80,12 +80,13 @@ class StreamingModel:
 
     def __init__(self, model_dir: str | Path, store_dir: str | Path, *, slots: int = 8, provider: str = "cpu",
                  threads: int = 0, device_id: int = 0, idle_timeout: float = 60.0,
-                 max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = ()):
+                 max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = (), decoder: str = "auto"):
         self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads,
-                                      device_id=device_id)
+                                      device_id=device_id, decoder=decoder)
         self.meta = self.runner.meta
         self.store = AdapterStore(store_dir)
-        self.bank = AdapterBank(self.store, self.runner.bank, self.meta.fingerprint)
+        self.bank = AdapterBank(self.store, self.runner.bank, self.meta.fingerprint,
+                                on_load=self.runner.slot_lm_setter)
         self.idle_timeout = idle_timeout
         self.max_chunk_samples = max_chunk_samples
         self.streams: dict[int, StreamState] = {}

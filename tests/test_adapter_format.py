@@ -154,7 +154,56 @@ def test_manifest_json_has_exactly_the_documented_fields(entry: Path) -> None:
         "size_bytes",
         "created_at",
         "source",
+        "lm",
     ]
+
+
+def test_a_manifest_without_the_optional_lm_field_still_reads(entry: Path) -> None:
+    """Entries written before domain LMs existed have no ``lm`` field; they stay valid."""
+    data = json.loads((entry / MANIFEST_FILE).read_text())
+    del data["lm"]
+    (entry / MANIFEST_FILE).write_text(json.dumps(data))
+    w = read_adapter(entry, BASE)
+    assert w.manifest.lm == {} and w.lm_path is None
+
+
+def test_domain_lm_is_written_hashed_and_verified(tmp_path: Path) -> None:
+    from brogue.adapters.format import LM_FILE
+    from brogue.engine.lm import read_text
+
+    m = write_adapter(tmp_path / "e", make_arrays(), name="med", version="v1", base_fingerprint=FINGERPRINT,
+                      lm_sentences=["Give 5 mg  Warfarin", "", "start metformin"], lm_order=5, lm_weight=0.4)
+    assert m.lm["sentences"] == 2 and m.lm["order"] == 5 and m.lm["weight"] == 0.4
+    w = read_adapter(tmp_path / "e", BASE)
+    assert w.lm_path == tmp_path / "e" / LM_FILE
+    assert read_text(w.lm_path) == ["give 5 mg warfarin", "start metformin"]
+    path = tmp_path / "e" / LM_FILE
+    blob = path.read_bytes()
+    path.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(AdapterError, match="SHA-256") as e:
+        read_adapter(tmp_path / "e", BASE)
+    assert e.value.code == "hash_mismatch"
+    path.write_bytes(blob[:10])
+    with pytest.raises(AdapterError) as e:
+        read_adapter(tmp_path / "e", BASE)
+    assert e.value.code == "truncated"
+    path.unlink()
+    with pytest.raises(AdapterError, match="domain LM") as e:
+        read_adapter(tmp_path / "e", BASE)
+    assert e.value.code == "missing"
+
+
+@pytest.mark.parametrize("change", [{"weight": 1.0}, {"order": 0}, {"file": "../lm.txt.gz"}, {"sha256": "x"},
+                                    {"extra": 1}, {"weight": "0.5"}])
+def test_bad_lm_fields_are_refused(tmp_path: Path, change: dict) -> None:
+    write_adapter(tmp_path / "e", make_arrays(), name="med", version="v1", base_fingerprint=FINGERPRINT,
+                  lm_sentences=["start metformin"])
+    data = json.loads((tmp_path / "e" / MANIFEST_FILE).read_text())
+    data["lm"].update(change)
+    (tmp_path / "e" / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(AdapterError, match="lm") as e:
+        read_adapter(tmp_path / "e", BASE)
+    assert e.value.code == "manifest"
 
 
 def test_write_casts_to_float32_and_keeps_an_explicit_version(tmp_path: Path) -> None:

@@ -270,6 +270,41 @@ def test_cli_push_assign_list(gateway, tiny_repo, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_push_carries_a_domain_lm_and_refuses_a_bad_one(gateway, tiny_repo, tmp_path):
+    from brogue.engine.lm import read_text
+
+    gw, store = gateway, tiny_repo.store_dir
+    arrays = _random_arrays(np.random.default_rng(41), 2, 64, 4)
+    meta = ModelMeta.load(tiny_repo.model_dir)
+    entry = tmp_path / "entry"
+    write_adapter(entry, arrays, name="lm-entry", version="v1", kind="domain", base_fingerprint=meta.fingerprint,
+                  lm_sentences=["give warfarin daily", "stop the heparin"], lm_weight=0.3)
+    r = cli("push", str(entry), "--admin", gw.admin_url)
+    assert r.returncode == 0, r.stderr
+    served = store / "lm-entry" / "v1"
+    assert read_text(served / "lm.txt.gz") == ["give warfarin daily", "stop the heparin"]
+    assert json.loads((served / "manifest.json").read_text())["lm"]["weight"] == 0.3
+    # a bare tensor file with a sentence file
+    tensors = tmp_path / "adapter.safetensors"
+    tensors.write_bytes(safetensors_bytes(arrays))
+    (tmp_path / "domain.txt").write_text("Metformin twice daily\n\nwarfarin  five mg\n")
+    r = cli("push", str(tensors), "--name", "lm-file", "--version", "v1", "--domain-lm", str(tmp_path / "domain.txt"),
+            "--admin", gw.admin_url)
+    assert r.returncode == 0, r.stderr
+    assert read_text(store / "lm-file" / "v1" / "lm.txt.gz") == ["metformin twice daily", "warfarin five mg"]
+    r = cli("list", "--json", "--admin", gw.admin_url)
+    adapters = {a["ref"]: a for a in json.loads(r.stdout)["adapters"]}
+    assert adapters["lm-file@v1"]["domain_lm_sentences"] == 2 and adapters["lm-entry@v1"]["domain_lm_sentences"] == 2
+    before = store_snapshot(store)
+    with admin(gw) as c:
+        for text, weight, what in (("a b c", 1.5, "domain_lm_weight"), ("  \n ", 0.0, "no sentence"),
+                                   ("x" * (16 << 20) + "y", 0.0, "over")):
+            with pytest.raises(AdminClientError) as e:
+                c.publish(PushRequest("lm-bad", "v1", "", "", safetensors_bytes(arrays), "", None, text, weight))
+            assert e.value.code == "INVALID_ARGUMENT" and what in str(e.value), e.value
+    assert store_snapshot(store) == before
+
+
 # -- assign during live streams -------------------------------------------------------------------
 
 def test_assign_during_two_live_streams_keeps_them_and_switches_new_streams(gateway, tiny_repo):

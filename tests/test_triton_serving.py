@@ -23,12 +23,25 @@ from conftest import _random_arrays, model_config, reference_run, speechlike
 
 pytestmark = pytest.mark.nemo
 
+LM_TEXT = ["the cat sat on the mat", "a dog and a cat", "put the log on the fire", "it's a red mat"] * 5
+
 
 @pytest.fixture(scope="module")
 def triton(tiny_repo):
     # A second copy of the model with a small bank and a short idle timeout, for eviction and sweeping.
     model_config(tiny_repo.root, "asr_small", BANK_SLOTS="5", IDLE_TIMEOUT_S="3")
-    server = TritonProcess(tiny_repo.root, models=("asr_streaming", "asr_small"))
+    # A third on a copy of the exported model with a character LM: beam search in the server.
+    import shutil
+
+    from brogue.export.lm import build_lm
+
+    lm_dir = tiny_repo.root / "exported" / "demo_lm"
+    if not lm_dir.exists():
+        shutil.copytree(tiny_repo.model_dir, lm_dir)
+        (tiny_repo.root / "lm.txt").write_text("\n".join(LM_TEXT) + "\n")
+        build_lm(lm_dir, [tiny_repo.root / "lm.txt"], order=5, alpha=0.3, beta=2.0)  # the tiny model says little
+    model_config(tiny_repo.root, "asr_lm", MODEL_DIR="exported/demo_lm")
+    server = TritonProcess(tiny_repo.root, models=("asr_streaming", "asr_small", "asr_lm"))
     server.start(timeout=240)
     yield server
     server.stop()
@@ -99,12 +112,43 @@ def test_sixteen_streams_over_three_adapters_and_base_are_isolated(triton, tiny_
     assert len({tuple(reference_tokens(tiny_repo, a, tiny_repo.arrays[n] if n else None)) for n in adapters}) == 4
     time.sleep(16)  # the sweeper logs the counters every IDLE_TIMEOUT_S / 4
     log = triton.log_tail(400)
-    stats = [line for line in log.splitlines() if "asr_streaming stats:" in line and "executes=" in line]
+    # Every model of the server logs such a line; the idle ones (asr_small, asr_lm) log zeros.
+    stats = [line for line in log.splitlines() if "asr_streaming stats:" in line and "executes=" in line
+             and "executes=0 " not in line]
     assert stats, log[-2000:]
     fields = dict(kv.split("=") for kv in stats[-1].split("stats:")[1].split())
     assert int(fields["max_requests_per_execute"]) > 1, stats[-1]
     assert int(fields["mixed_adapter_runs"]) > 0, stats[-1]
     print(stats[-1])
+
+
+def test_lm_beam_search_in_the_server_equals_the_in_process_runner(triton, tiny_repo):
+    """Streams on a model with an LM, on the base model and on an adapter carrying a domain LM
+    (published while the server runs), each give exactly the in-process runner's tokens."""
+    from brogue.engine.lm import load_lm
+    from brogue.engine.runner import StreamingRunner
+
+    lm_dir = tiny_repo.root / "exported" / "demo_lm"
+    arrays = _random_arrays(np.random.default_rng(77), 2, 64, 8)
+    publish_adapter(tiny_repo.store_dir, arrays, name="dom-lm", version="v1", kind="domain",
+                    base_fingerprint=fingerprint(tiny_repo.model),
+                    lm_sentences=["give warfarin daily", "stop the heparin"] * 4, lm_order=4, lm_weight=0.6)
+    rng = np.random.default_rng(8)
+    audios = [speechlike(rng, rng.uniform(1.5, 3.5)) for _ in range(6)]
+    adapters = ["", "dom-lm@v1"] * 3
+    got = run_threads([(lambda i=i: stream(triton.grpc_url, 3000 + i, audios[i], adapter=adapters[i],
+                                           model="asr_lm", jitter=0.02)[0]) for i in range(6)])
+    ref = StreamingRunner(lm_dir, slots=2)
+    assert ref.decoder == "lm"
+    ref.bank.write(1, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
+    ref.set_slot_lm(1, load_lm(tiny_repo.store_dir / "dom-lm" / "v1" / "lm.txt.gz", 4, alphabet=ref.lm_alphabet), 0.6)
+    for i in range(6):
+        (st,) = ref.transcribe([audios[i]], [1 if adapters[i] else 0])
+        assert got[i] == st.tokens, f"stream {i} ({adapters[i] or 'base'})"
+    assert sum(map(len, got)) > 10
+    # The LM changes the output: the same audio on the greedy model differs somewhere.
+    greedy = [reference_tokens(tiny_repo, a) for a in audios[::2]]
+    assert greedy != got[::2]
 
 
 def test_hot_swap_during_live_streams(triton, tiny_repo):

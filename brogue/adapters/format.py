@@ -1,11 +1,13 @@
 """On-disk format of an adapter-store entry: one NeMo ``LinearAdapter`` per Conformer layer.
 
-An entry is a directory with two files::
+An entry is a directory with two files, and a third for a domain adapter::
 
     <entry>/
         adapter.safetensors   exactly four float32 tensors (L layers, d = d_model, r = adapter dim):
                               ln_weight [L, d], ln_bias [L, d], down [L, r, d], up [L, d, r]
         manifest.json         the fields of :class:`Manifest`
+        lm.txt.gz             optional: the domain's sentences, a character LM that streams on this
+                              adapter mix into the model's LM (``manifest.lm`` describes it)
 
 Layer ``l`` maps its output ``y`` to ``y + up[l] @ silu(down[l] @ layer_norm(y))``, the layer norm
 having weight ``ln_weight[l]`` and bias ``ln_bias[l]``.
@@ -21,6 +23,7 @@ No torch here: serving runs without it.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -28,7 +31,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -39,6 +42,7 @@ from safetensors.numpy import save as serialize_numpy
 
 __all__ = [
     "FORMAT",
+    "LM_FILE",
     "MANIFEST_FILE",
     "TENSORS_FILE",
     "TENSOR_NAMES",
@@ -58,6 +62,8 @@ FORMAT = "brogue-adapter/1"
 TENSORS_FILE = "adapter.safetensors"
 MANIFEST_FILE = "manifest.json"
 TENSOR_NAMES = ("ln_weight", "ln_bias", "down", "up")
+LM_FILE = "lm.txt.gz"
+_LM_FIELDS = {"file": str, "sha256": str, "size_bytes": int, "order": int, "weight": float, "sentences": int}
 
 _LAYOUTS = {"ln_weight": "[L, d]", "ln_bias": "[L, d]", "down": "[L, r, d]", "up": "[L, d, r]"}
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -150,7 +156,10 @@ class BaseSpec:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The contents of ``manifest.json``. Every field is required; no other field is allowed."""
+    """The contents of ``manifest.json``. Every field but ``lm`` is required; no other field is
+    allowed. ``lm`` is empty, or describes the entry's domain LM: ``file`` (always ``lm.txt.gz``),
+    its ``sha256`` and ``size_bytes``, the n-gram ``order``, the mixing ``weight`` in (0, 1), and
+    the number of ``sentences``."""
 
     format: str  # always FORMAT
     name: str
@@ -166,6 +175,7 @@ class Manifest:
     size_bytes: int  # size of adapter.safetensors
     created_at: str  # ISO 8601 time
     source: dict  # free provenance: training run, data, ...
+    lm: dict = field(default_factory=dict)  # the domain LM, if any (see above)
 
     @property
     def ref(self) -> AdapterRef:
@@ -184,6 +194,7 @@ class Manifest:
                 "manifest", f"{origin}: unsupported format {data.get('format')!r}, expected {FORMAT!r}"
             )
         types = get_type_hints(cls)
+        data = {"lm": {}, **data}  # optional
         if data.keys() != types.keys():
             raise AdapterError("manifest", f"{origin}: {_difference(types, data, 'fields')}")
         for key, type_ in types.items():
@@ -209,6 +220,8 @@ class Manifest:
             raise AdapterError("manifest", f"{origin}: sha256 must be 64 lowercase hex digits")
         if manifest.size_bytes < 0:
             raise AdapterError("manifest", f"{origin}: size_bytes must be >= 0, got {manifest.size_bytes}")
+        if manifest.lm:
+            _check_lm_fields(manifest.lm, origin)
         try:
             datetime.fromisoformat(manifest.created_at)
         except ValueError:
@@ -218,15 +231,33 @@ class Manifest:
         return manifest
 
 
+def _check_lm_fields(lm: dict, origin: str) -> None:
+    if lm.keys() != _LM_FIELDS.keys():
+        raise AdapterError("manifest", f"{origin}: lm: {_difference(_LM_FIELDS, lm, 'fields')}")
+    for key, type_ in _LM_FIELDS.items():
+        v = lm[key]
+        if not isinstance(v, type_) and not (type_ is float and isinstance(v, int)) or isinstance(v, bool):
+            raise AdapterError("manifest", f"{origin}: lm field {key!r} must be {type_.__name__}, got {type(v).__name__}")
+    if lm["file"] != LM_FILE:
+        raise AdapterError("manifest", f"{origin}: lm file must be {LM_FILE!r}, not {lm['file']!r}")
+    if not _SHA256_RE.fullmatch(lm["sha256"]):
+        raise AdapterError("manifest", f"{origin}: lm sha256 must be 64 lowercase hex digits")
+    if not 1 <= lm["order"] <= 16 or not 0 < lm["weight"] < 1 or lm["sentences"] < 1 or lm["size_bytes"] < 1:
+        raise AdapterError("manifest", f"{origin}: lm needs order in 1..16, weight in (0, 1), at least one "
+                                       f"sentence and a non-empty file; got {lm}")
+
+
 @dataclass(frozen=True, eq=False)
 class AdapterWeights:
-    """A validated adapter: its manifest and its float32 arrays, laid out as in the module docstring."""
+    """A validated adapter: its manifest and its float32 arrays, laid out as in the module docstring;
+    ``lm_path``: its verified domain LM file, or None."""
 
     manifest: Manifest
     ln_weight: np.ndarray
     ln_bias: np.ndarray
     down: np.ndarray
     up: np.ndarray
+    lm_path: Path | None = None
 
     def padded(self, max_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(ln_weight, ln_bias, down [L, max_dim, d], up [L, d, max_dim])`` for a bank slot.
@@ -324,8 +355,14 @@ def write_adapter(
     description: str = "",
     base_fingerprint: str,
     source: dict | None = None,
+    lm_sentences: Iterable[str] | None = None,
+    lm_order: int = 6,
+    lm_weight: float = 0.5,
 ) -> Manifest:
     """Write a new store entry at ``dest_dir`` and return its manifest.
+
+    ``lm_sentences``: the domain's text, written as the entry's LM (order ``lm_order``, mixed into
+    the model's LM at ``lm_weight``) when given.
 
     ``arrays`` maps :data:`TENSOR_NAMES` to real-valued arrays; they are cast to float32 (values
     beyond its range become Inf and are refused) and checked with :func:`validate_arrays`.
@@ -362,6 +399,12 @@ def write_adapter(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {} if source is None else source,
     }
+    lm_blob = None
+    if lm_sentences is not None:
+        lines = [t for t in (" ".join(str(x).lower().split()) for x in lm_sentences) if t]
+        lm_blob = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
+        fields["lm"] = {"file": LM_FILE, "sha256": hashlib.sha256(lm_blob).hexdigest(), "size_bytes": len(lm_blob),
+                        "order": lm_order, "weight": float(lm_weight), "sentences": len(lines)}
     manifest = Manifest.from_dict(fields, origin=f"manifest of {dest}")
     manifest_text = manifest.to_json()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +413,8 @@ def write_adapter(
     tmp.mkdir()
     try:
         _write_synced(tmp / TENSORS_FILE, blob)
+        if lm_blob is not None:
+            _write_synced(tmp / LM_FILE, lm_blob)
         _write_synced(tmp / MANIFEST_FILE, manifest_text.encode())
         os.rename(tmp, dest)
     except BaseException:
@@ -438,7 +483,18 @@ def read_adapter(entry_dir: str | os.PathLike, base: BaseSpec | None) -> Adapter
             f"{tensors_path}: tensors have (n_layers, d_model, dim) = {dims}, "
             f"{MANIFEST_FILE} says {declared}",
         )
-    return AdapterWeights(manifest, **arrays)
+    lm_path = None
+    if manifest.lm:
+        lm_path = entry / LM_FILE
+        if not lm_path.is_file():
+            raise AdapterError("missing", f"{lm_path}: the manifest names a domain LM, but the file is missing")
+        blob = lm_path.read_bytes()
+        if len(blob) != manifest.lm["size_bytes"]:
+            raise AdapterError("truncated", f"{lm_path}: {len(blob)} bytes, {MANIFEST_FILE} says "
+                                            f"{manifest.lm['size_bytes']}")
+        if hashlib.sha256(blob).hexdigest() != manifest.lm["sha256"]:
+            raise AdapterError("hash_mismatch", f"{lm_path}: SHA-256 differs from {MANIFEST_FILE}")
+    return AdapterWeights(manifest, **arrays, lm_path=lm_path)
 
 
 def _difference(expected: Iterable[str], actual: Iterable[str], noun: str) -> str:

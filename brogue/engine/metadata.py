@@ -139,6 +139,12 @@ class ModelMeta:
         return self.raw["decoding"].get("rnnt")
 
     @property
+    def ctc_lm(self) -> dict | None:
+        """The character LM for beam search (``decoding.ctc_lm``: file, order, alpha, beta, beam,
+        ...), written by ``brogue lm``; None when the model has none."""
+        return self.raw["decoding"].get("ctc_lm")
+
+    @property
     def latencies(self) -> dict[str, Latency]:
         return {d["name"]: Latency.from_dict(d) for d in self.raw["latencies"]}
 

@@ -8,7 +8,8 @@ process. One :meth:`StreamingRunner.step` takes new audio for any set of streams
 2. cuts encoder chunks exactly as NeMo does (:class:`~brogue.engine.stream.StreamState`);
 3. runs the encoder once per (latency, first/steady) group, for all streams with a ready chunk,
    each row reading its own bank slot through ``adapter_ids``;
-4. decodes greedily (CTC, or batched RNNT) and returns the new tokens per stream.
+4. decodes (greedy CTC, batched greedy RNNT, or CTC beam search with the model's character LM
+   when ``model.json`` has one: :mod:`brogue.engine.beam`) and returns the new tokens per stream.
 
 A stream that has several chunks ready (a large packet) takes one round per chunk; everything else
 in a round is one batched run.
@@ -23,8 +24,10 @@ import numpy as np
 
 from brogue.audio.mel import StreamingMel, _Kernel
 
+from .beam import BeamConfig, BeamState, CTCBeamSearch
 from .decoding import Decoded, RNNTGreedy, ctc_greedy
 from .encoder import BankTensors, Encoder
+from .lm import MixedLM, load_lm
 from .metadata import ModelMeta
 from .stream import StreamState
 from .vocab import Detokenizer
@@ -68,10 +71,14 @@ class StreamingRunner:
     ``slots``: bank depth (slot 0 is the base model); write adapters with ``bank.write``. A stream
     whose ``slot`` is negative (its adapter is still loading) buffers audio but runs no chunk.
     ``provider``: ONNX Runtime execution provider, "cpu", "cuda" or "tensorrt", on GPU ``device_id``.
+    ``decoder``: "auto" (beam search with the model's LM when model.json has one, else greedy),
+    "greedy", or "lm" (beam search; an error if the model has no LM). RNNT heads decode greedily.
     """
 
+    DECODERS = ("auto", "greedy", "lm")
+
     def __init__(self, model_dir: str | Path, *, slots: int = 1, provider: str = "cpu", threads: int = 0,
-                 device_id: int = 0, keep_outputs: bool = False):
+                 device_id: int = 0, keep_outputs: bool = False, decoder: str = "auto"):
         self.keep_outputs = keep_outputs
         self.meta = ModelMeta.load(model_dir)
         self.bank = BankTensors.for_model(self.meta, slots)
@@ -84,9 +91,69 @@ class StreamingRunner:
             self.rnnt = RNNTGreedy(self.meta.root, self.meta.rnnt, self.blank, provider, threads, device_id)
             self._rnnt_start = self.rnnt.initial_state(1)
         self.stats = RunnerStats()
+        self.lm = None
+        self.beam_config: BeamConfig | None = None
+        self._slot_lms: dict[int, tuple] = {}  # slot -> (domain LM, weight)
+        self._searchers: dict[int, CTCBeamSearch] = {}
+        self._setup_decoder(decoder)
         ch, tm = self.meta.cache_shapes
         self._zero_channel = np.zeros(ch, dtype=np.float32)
         self._zero_time = np.zeros(tm, dtype=np.float32)
+
+    def _setup_decoder(self, decoder: str) -> None:
+        if decoder not in self.DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; use one of {self.DECODERS}")
+        spec = self.meta.ctc_lm
+        if decoder == "greedy" or (decoder == "auto" and (spec is None or self.rnnt is not None)):
+            return
+        if self.rnnt is not None:
+            raise ValueError("LM beam search is for CTC heads; this model decodes with RNNT")
+        if spec is None:
+            raise ValueError(f"{self.meta.root}: model.json has no language model (decoding.ctc_lm); "
+                             "add one with `brogue lm`")
+        self.lm = load_lm(self.meta.root / spec["file"], int(spec["order"]), alphabet=self.lm_alphabet)
+        self.beam_config = BeamConfig.from_dict(spec)
+
+    @property
+    def lm_alphabet(self) -> str:
+        """The characters this model can write: every LM it decodes with counts them as seen."""
+        return "".join(sorted(set("".join(self.detok.lm_surfaces()))))
+
+    @property
+    def decoder(self) -> str:
+        return "greedy" if self.beam_config is None else "lm"
+
+    def set_slot_lm(self, slot: int, lm=None, weight: float = 0.5) -> None:
+        """Streams in bank ``slot`` decode with ``lm`` mixed into the model's LM at ``weight`` (an
+        adapter's domain LM), or with the model's LM alone when ``lm`` is None. Takes effect for
+        the next chunk; no-op under greedy decoding."""
+        if lm is None:
+            self._slot_lms.pop(slot, None)
+        elif not 0 < weight < 1:
+            raise ValueError(f"domain LM weight must be in (0, 1), not {weight}")
+        else:
+            self._slot_lms[slot] = (lm, weight)
+        self._searchers.pop(slot, None)
+
+    def slot_lm_setter(self, weights):
+        """For an adapter about to enter a slot: a function ``f(slot)`` that gives the slot the
+        adapter's domain LM (built now, from ``weights.lm_path``), or the model's LM alone when the
+        adapter has none. Fits :class:`~brogue.server.adapters.AdapterBank`'s ``on_load``."""
+        lm = weight = None
+        if self.beam_config is not None and getattr(weights, "lm_path", None) is not None:
+            spec = weights.manifest.lm
+            lm, weight = load_lm(weights.lm_path, int(spec["order"]), alphabet=self.lm_alphabet), float(spec["weight"])
+        return lambda slot: self.set_slot_lm(slot, lm, weight or 0.5)
+
+    def _searcher(self, slot: int) -> CTCBeamSearch:
+        s = self._searchers.get(slot)
+        if s is None:
+            lm = self.lm
+            if slot in self._slot_lms:
+                dom, w = self._slot_lms[slot]
+                lm = MixedLM([(self.lm, 1 - w), (dom, w)])
+            s = self._searchers[slot] = CTCBeamSearch(self.detok.lm_surfaces(), self.blank, lm, self.beam_config)
+        return s
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -107,6 +174,8 @@ class StreamingRunner:
             g, h, c = self._rnnt_start
             st.dec_out, st.h, st.c = g[0].copy(), h[:, 0].copy(), c[:, 0].copy()
             st.last_token = self.blank
+        if self.beam_config is not None:
+            st.beam = BeamState()
         return st
 
     # -- stepping --------------------------------------------------------------------------------
@@ -133,6 +202,10 @@ class StreamingRunner:
             for (_, first), rows in groups.items():
                 self._run_group(first, rows, outputs)
         for st in states:
+            if st.finished and st.beam is not None:  # a tail too short for a final chunk: flush
+                self._emit(st, self._searcher(st.slot).step(st.beam, self._no_frames, final=True),
+                           outputs[st.stream_id])
+                st.beam = None
             outputs[st.stream_id].finished = st.finished
         return outputs
 
@@ -159,24 +232,37 @@ class StreamingRunner:
         # NeMo keeps at most valid_out_len frames per chunk, except for the last chunk.
         n_out = np.array([int(out_len[i]) if ch.final else min(int(out_len[i]), lat.valid_out_len)
                           for i, (_, ch) in enumerate(rows)], dtype=np.int64)
-        decoded = self._decode(out, n_out, states)
-        fs = self.meta.frame_seconds
+        decoded = self._decode(out, n_out, rows)
         for i, (st, ch) in enumerate(rows):
             st.cache_last_channel, st.cache_last_time, st.cache_len = cch[i], ctm[i], int(clen[i])
-            d: Decoded = decoded[i]
             o = outputs[st.stream_id]
-            o.tokens += d.tokens
-            o.times += [round((st.frames_out + f) * fs, 4) for f in d.frames]
-            o.confidences += d.confidences
-            o.blank_probs += d.blank_probs.tolist()
-            o.text += self.detok.delta(d.tokens)
+            self._emit(st, decoded[i], o)
+            o.blank_probs += decoded[i].blank_probs.tolist()
             if self.keep_outputs:
                 o.outputs.append(out[i, : n_out[i]].copy())
-            st.tokens += d.tokens
             st.frames_out += int(n_out[i])
             st.advance(ch)
+            if ch.final and st.beam is not None:
+                st.beam = None  # the final chunk committed everything
 
-    def _decode(self, out: np.ndarray, n_out: np.ndarray, states) -> list[Decoded]:
+    def _emit(self, st: StreamState, d: Decoded, o: StepOutput) -> None:
+        """Append decoded tokens (frames relative to the stream's current chunk) to its output."""
+        fs = self.meta.frame_seconds
+        o.tokens += d.tokens
+        o.times += [round((st.frames_out + f) * fs, 4) for f in d.frames]
+        o.confidences += d.confidences
+        o.text += self.detok.delta(d.tokens)
+        st.tokens += d.tokens
+
+    @property
+    def _no_frames(self) -> np.ndarray:
+        return np.zeros((0, len(self.meta.tokens) + 1), dtype=np.float32)
+
+    def _decode(self, out: np.ndarray, n_out: np.ndarray, rows) -> list[Decoded]:
+        states = [st for st, _ in rows]
+        if self.beam_config is not None:
+            return [self._searcher(st.slot).step(st.beam, out[i, : n_out[i]], final=ch.final)
+                    for i, (st, ch) in enumerate(rows)]
         if self.rnnt is None:
             last = np.array([st.last_token for st in states], dtype=np.int64)
             res = ctc_greedy(out, n_out, last, self.blank)

@@ -47,7 +47,8 @@ class StreamState:
     Encoder caches are batch-free: ``cache_last_channel [L, C, d]``, ``cache_last_time [L, d, K]``.
     Decoder state: ``last_token`` (CTC: the last frame's argmax, for collapsing repeats across
     chunks; RNNT: the last emitted token, blank at start) and, for RNNT, the LSTM ``h``/``c`` and the
-    prediction-network output ``dec_out`` for the current state.
+    prediction-network output ``dec_out`` for the current state; under LM beam search, ``beam``
+    (:class:`~brogue.engine.beam.BeamState`) holds the hypotheses not yet committed.
     """
 
     stream_id: object
@@ -69,6 +70,7 @@ class StreamState:
     finished: bool = False  # the final chunk has been encoded
     last_active: float = field(default_factory=time.monotonic)
     tokens: list[int] = field(default_factory=list)
+    beam: object = None  # a BeamState under LM beam search (CTC), until the stream's last chunk
 
     def __post_init__(self):
         if self.frames is None:

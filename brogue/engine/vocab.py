@@ -53,6 +53,14 @@ class Detokenizer:
         text = "".join(self._surface[i] for i in ids)
         return text.replace(WORD_MARK, " ") if self.kind == "sentencepiece" else text
 
+    def lm_surfaces(self) -> list[str]:
+        """Each token's text as a language model scores it: the word mark is a space; byte and
+        control pieces are empty (not scored)."""
+        if self.kind == "char":
+            return list(self.tokens)
+        return ["" if i in self._bytes else self._surface[i].replace(WORD_MARK, " ").replace("\u2047", "")
+                for i in range(len(self.tokens))]
+
     def starts_word(self, token_id: int) -> bool:
         """Whether this token begins a new word (for word timing)."""
         t = self.tokens[token_id]

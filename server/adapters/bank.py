@@ -143,10 +143,16 @@ class AdapterBank:
     Adapters must fit ``BaseSpec(fingerprint, tensors.n_layers, tensors.d_model, tensors.max_dim)``.
     ``loader_threads`` loads may run at once (of different adapters). All methods are thread-safe.
     Call :meth:`close` when done. Reference arguments are ``AdapterRef``\\ s or ``"name@version"``.
+
+    ``on_load(weights)``, when given, runs on the loader thread after an adapter is read and
+    before it is placed (slow work, e.g. building its domain LM, goes there); it returns a function
+    that is called with the slot, under the bank's lock, when the adapter is written into it.
     """
 
-    def __init__(self, store: AdapterStore, tensors: BankTensors, fingerprint: str, *, loader_threads: int = 1):
+    def __init__(self, store: AdapterStore, tensors: BankTensors, fingerprint: str, *, loader_threads: int = 1,
+                 on_load=None):
         self.store = store
+        self.on_load = on_load
         self.tensors = tensors
         self.base = BaseSpec(fingerprint, tensors.n_layers, tensors.d_model, tensors.max_dim)
         self._lock = threading.Lock()
@@ -333,8 +339,9 @@ class AdapterBank:
         start = time.perf_counter()
         try:
             weights = self.store.load(ref, self.base)
+            placed = self.on_load(weights) if self.on_load is not None else None
             with self._lock:
-                slot = self._place(ref, weights)
+                slot = self._place(ref, weights, placed)
                 elapsed = time.perf_counter() - start
                 self._count(loads=1, load_seconds=elapsed)
                 self._finish(ref, load, slot=slot)
@@ -348,7 +355,7 @@ class AdapterBank:
             log.info("adapter %s loaded into slot %d in %.1f ms", ref, slot, 1e3 * elapsed)
             load.future.set_result(slot)
 
-    def _place(self, ref: AdapterRef, weights: AdapterWeights) -> int:
+    def _place(self, ref: AdapterRef, weights: AdapterWeights, placed=None) -> int:
         """Write ``weights`` into a free slot, else into the LRU unheld one. Under the lock."""
         if self._free:
             slot = min(self._free)
@@ -362,6 +369,8 @@ class AdapterBank:
             self._count(evictions=1)
             log.info("adapter %s evicted from slot %d for %s", old.ref, slot, ref)
         self.tensors.write(slot, weights.ln_weight, weights.ln_bias, weights.down, weights.up)
+        if placed is not None:
+            placed(slot)
         self._slots[slot] = _Slot(ref)
         self._by_ref[ref] = slot
         self._touch(slot)

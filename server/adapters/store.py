@@ -36,6 +36,7 @@ from brogue.adapters import (
     read_adapter,
     validate_arrays,
 )
+from brogue.engine.lm import read_text
 
 __all__ = ["AdapterStore", "StoreEntry"]
 
@@ -137,6 +138,9 @@ class AdapterStore:
         kind: str | None = None,
         description: str | None = None,
         source: dict | None = None,
+        lm_sentences: list[str] | None = None,
+        lm_order: int = 6,
+        lm_weight: float = 0.5,
     ) -> Manifest:
         """Validate an adapter against ``base`` and write it as a new entry; return its manifest.
 
@@ -147,7 +151,10 @@ class AdapterStore:
         - the directory of an existing entry, e.g. in another store. It is validated fully with
           :func:`~brogue.adapters.read_adapter`, then its tensors are written anew: the new
           manifest names the new entry. ``name``, ``version``, ``kind``, ``description`` and
-          ``source`` default to the source manifest's.
+          ``source`` default to the source manifest's, and its domain LM comes along.
+
+        ``lm_sentences``: the domain's text, stored as the entry's LM (see
+        :func:`~brogue.adapters.write_adapter`).
 
         Paths here are local files, read directly (the source is not this store's).
         ``name`` is required otherwise; ``version`` defaults to ``"sha-"`` and the first 12 hex
@@ -169,6 +176,9 @@ class AdapterStore:
             kind = m.kind if kind is None else kind
             description = m.description if description is None else description
             source = m.source if source is None else source
+            if lm_sentences is None and read.lm_path is not None:
+                lm_sentences = read_text(read.lm_path)
+                lm_order, lm_weight = m.lm["order"], m.lm["weight"]
         else:
             arrays, origin = _read_safetensors(Path(weights)), str(weights)
         if name is None:
@@ -182,6 +192,9 @@ class AdapterStore:
             description=description or "",
             base_fingerprint=base.fingerprint,
             source=source or {},
+            lm_sentences=lm_sentences,
+            lm_order=lm_order,
+            lm_weight=lm_weight,
         )
 
     # -- file system access: all of it is here ---------------------------------------------------

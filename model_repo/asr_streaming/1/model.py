@@ -45,6 +45,7 @@ class TritonPythonModel:
             idle_timeout=float(params.get("IDLE_TIMEOUT_S", "60")),
             max_chunk_samples=int(params.get("MAX_CHUNK_SAMPLES", "160000")),
             pin=pin,
+            decoder=params.get("DECODER", "auto"),
         )
         self._metrics = self._make_metrics()
         self._stop = threading.Event()

@@ -1,0 +1,144 @@
+"""``brogue lm``: give an exported CTC model a character language model for beam search.
+
+The sentences of one or more NeMo manifests (their ``text``) or plain text files become
+``MODEL_DIR/lm.txt.gz``, and ``model.json`` gets ``decoding.ctc_lm`` (file, order and search
+settings), which the engine reads (:mod:`brogue.engine.beam`). With ``dev``, the LM weight
+``alpha`` and the character bonus ``beta`` are chosen on that manifest: its audio is streamed once
+through the exported model, then every (alpha, beta) pair of the grid is decoded from the kept
+log-probabilities and the lowest WER wins. Tune on a split that is not the test split.
+
+No torch, no NeMo: this runs where the server runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brogue.engine.beam import BeamConfig, BeamState, CTCBeamSearch
+from brogue.engine.decoding import ctc_greedy
+from brogue.engine.lm import CharNgramLM, read_text, write_text
+from brogue.engine.metadata import ModelMeta, write_metadata
+
+LM_FILE = "lm.txt.gz"
+ALPHAS = (0.5, 0.75, 1.0, 1.25, 1.5)
+BETAS = (0.5, 1.0, 1.5, 2.0, 2.5)
+
+
+@dataclass
+class LMResult:
+    sentences: int
+    bytes: int
+    order: int
+    alpha: float
+    beta: float
+    dev_wer: float | None = None  # at the chosen (alpha, beta)
+    dev_greedy_wer: float | None = None
+    grid: list | None = None  # [(alpha, beta, wer)]
+
+
+def sentences_from(paths, exclude: set[str] | None = None) -> list[str]:
+    """Texts of NeMo manifests (``.json``: one object per line) and plain text files (one sentence
+    per line, ``.txt`` or ``.txt.gz``), minus those in ``exclude``."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.suffix == ".json":
+            with open(p, encoding="utf-8") as f:
+                out += [json.loads(line)["text"] for line in f if line.strip()]
+        else:
+            out += read_text(p)
+    if exclude:
+        out = [s for s in out if s not in exclude]
+    return out
+
+
+def _dev_logprobs(model_dir: Path, manifest: Path, limit: int | None):
+    from brogue.clients.eval import load_audio, read_manifest
+    from brogue.engine.runner import StreamingRunner
+
+    runner = StreamingRunner(model_dir, decoder="greedy", keep_outputs=True)
+    rows = read_manifest(manifest, limit)
+    audios = [load_audio(r["audio_filepath"], runner.meta.mel.sample_rate) for r in rows]
+    logprobs = []
+    for i in range(0, len(audios), 16):
+        batch = audios[i:i + 16]
+        parts: dict = {j: [] for j in range(len(batch))}
+
+        def keep(res):
+            for sid, o in res.items():
+                parts[sid] += o.outputs
+
+        states = runner.transcribe(batch, on_step=keep)
+        del states
+        logprobs += [np.concatenate(parts[j]) if parts[j] else np.zeros((0, len(runner.meta.tokens) + 1), np.float32)
+                     for j in range(len(batch))]
+    return runner, [r["text"] for r in rows], logprobs
+
+
+def decode_all(search: CTCBeamSearch, detok, logprobs) -> list[str]:
+    return [detok.decode(search.step(BeamState(), lp, final=True).tokens) for lp in logprobs]
+
+
+def build_lm(model_dir: str | Path, text, *, order: int = 8, alpha: float = 1.0, beta: float = 1.5,
+             beam: int = 16, dev: str | Path | None = None, dev_limit: int | None = 300,
+             alphas=ALPHAS, betas=BETAS, progress=None) -> LMResult:
+    """Write ``lm.txt.gz`` from ``text`` (paths, see :func:`sentences_from`) into ``model_dir`` and
+    record it in model.json. With ``dev``, sentences of the dev manifest are left out of the LM and
+    alpha/beta are tuned on it (``alpha``/``beta`` are then ignored)."""
+    import jiwer
+
+    from brogue.clients.eval import normalise
+
+    model_dir = Path(model_dir)
+    meta = ModelMeta.load(model_dir)
+    if meta.head != "ctc":
+        raise ValueError(f"{model_dir}: LM beam search is for CTC heads; this model's head is {meta.head}")
+    exclude = set(sentences_from([dev])) if dev else None
+    sents = sentences_from(text, exclude)
+    lm = CharNgramLM(sents, order)  # validates before anything is written
+    res = LMResult(sentences=lm.sentences, bytes=0, order=order, alpha=alpha, beta=beta)
+    if dev:
+        runner, refs, lps = _dev_logprobs(model_dir, Path(dev), dev_limit)
+        refs = [normalise(r) for r in refs]
+        greedy = [runner.detok.decode(ctc_greedy(lp[None], np.array([len(lp)]), np.array([-1]), runner.blank)[0].tokens)
+                  for lp in lps]
+        res.dev_greedy_wer = float(jiwer.wer(refs, [normalise(h) for h in greedy]))
+        res.grid = []
+        for a, b in itertools.product(alphas, betas):
+            search = CTCBeamSearch(runner.detok.lm_surfaces(), runner.blank, lm, BeamConfig(alpha=a, beta=b, beam=beam))
+            w = float(jiwer.wer(refs, [normalise(h) for h in decode_all(search, runner.detok, lps)]))
+            res.grid.append((a, b, w))
+            if progress:
+                progress(a, b, w)
+        res.alpha, res.beta, res.dev_wer = min(res.grid, key=lambda g: g[2])
+    n = write_text(model_dir / LM_FILE, sents)
+    res.bytes = (model_dir / LM_FILE).stat().st_size
+    raw = dict(meta.raw)
+    raw["decoding"] = dict(raw["decoding"])
+    raw["decoding"]["ctc_lm"] = {"file": LM_FILE, "kind": "char-ngram-kn", "order": order, "sentences": n,
+                                 "alpha": res.alpha, "beta": res.beta, "beam": beam,
+                                 "silence_frames": BeamConfig.silence_frames}
+    files = [f for f in raw.get("files", []) if f != LM_FILE]
+    raw["files"] = files + [LM_FILE]
+    write_metadata(model_dir / "model.json", raw)
+    return res
+
+
+def remove_lm(model_dir: str | Path) -> bool:
+    """Drop the model's LM (greedy decoding again). Returns whether it had one."""
+    model_dir = Path(model_dir)
+    meta = ModelMeta.load(model_dir)
+    if meta.ctc_lm is None:
+        return False
+    raw = dict(meta.raw)
+    raw["decoding"] = {k: v for k, v in raw["decoding"].items() if k != "ctc_lm"}
+    raw["files"] = [f for f in raw.get("files", []) if f != LM_FILE]
+    write_metadata(model_dir / "model.json", raw)
+    (model_dir / LM_FILE).unlink(missing_ok=True)
+    return True
+

@@ -1,0 +1,149 @@
+"""LM beam search in the serving path: ``brogue lm`` on an exported model, the runner's decoder
+choice, and adapters' domain LMs reaching the streams that use them (runner, StreamingModel).
+
+The tiny model of conftest is untrained: what is checked here is the plumbing and the streaming
+invariants, not accuracy (tests/test_demo_model.py checks accuracy on the demo model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from brogue.cli import app
+from brogue.engine.runner import StreamingRunner
+from conftest import speechlike
+
+TEXT = ["the cat sat on the mat", "a dog and a cat", "put the log on the fire", "it's a red mat"] * 5
+DOMAIN = ["give warfarin daily", "stop the metformin", "warfarin and heparin"] * 3
+
+
+@pytest.fixture
+def lm_model(tiny_repo, tmp_path):
+    """A copy of the tiny model with a character LM added by `brogue lm`."""
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_repo.model_dir, model_dir)
+    (tmp_path / "text.txt").write_text("\n".join(TEXT) + "\n")
+    manifest = tmp_path / "text.json"
+    manifest.write_text("".join(json.dumps({"audio_filepath": "x.wav", "duration": 1.0, "text": t}) + "\n"
+                                for t in DOMAIN))
+    r = CliRunner().invoke(app, ["lm", str(tmp_path / "text.txt"), str(manifest), "--model-dir", str(model_dir),
+                                 "--order", "5", "--alpha", "0.8", "--beta", "1.0"])
+    assert r.exit_code == 0, r.output
+    return model_dir
+
+
+def test_brogue_lm_records_the_lm_in_model_json(lm_model):
+    meta = json.loads((lm_model / "model.json").read_text())
+    spec = meta["decoding"]["ctc_lm"]
+    assert spec["file"] == "lm.txt.gz" and "lm.txt.gz" in meta["files"]
+    assert (spec["order"], spec["alpha"], spec["beta"], spec["sentences"]) == (5, 0.8, 1.0, len(TEXT) + len(DOMAIN))
+    assert StreamingRunner(lm_model).decoder == "lm"
+    assert StreamingRunner(lm_model, decoder="greedy").decoder == "greedy"
+
+
+def test_lm_decoding_does_not_depend_on_packet_size(lm_model):
+    """Commits happen per encoder chunk, and chunks do not depend on how audio arrives."""
+    rng = np.random.default_rng(0)
+    audios = [speechlike(rng, s) for s in (2.3, 4.1, 0.7)]
+    runner = StreamingRunner(lm_model, slots=1)
+    ref = [runner.detok.decode(s.tokens) for s in runner.transcribe(audios, packet=16000)]
+    for packet in (160, 2731):
+        got = [runner.detok.decode(s.tokens) for s in runner.transcribe(audios, packet=packet)]
+        assert got == ref
+    assert any(ref), "the tiny model should say something"
+
+
+def test_token_times_rise_and_every_token_is_reported_once(lm_model):
+    rng = np.random.default_rng(1)
+    audio = speechlike(rng, 5.0)
+    runner = StreamingRunner(lm_model, slots=1)
+    seen_tokens, seen_times = [], []
+
+    def on_step(res):
+        for o in res.values():
+            seen_tokens.extend(o.tokens)
+            seen_times.extend(o.times)
+
+    (st,) = runner.transcribe([audio], packet=3200, on_step=on_step)
+    assert seen_tokens == st.tokens and seen_times == sorted(seen_times)
+    assert len(seen_times) == len(seen_tokens) and all(0 <= t <= 5.5 for t in seen_times)
+
+
+def test_remove_returns_the_model_to_greedy(lm_model):
+    r = CliRunner().invoke(app, ["lm", "unused.txt", "--model-dir", str(lm_model), "--remove"])
+    assert r.exit_code == 0, r.output
+    assert not (lm_model / "lm.txt.gz").exists()
+    assert "ctc_lm" not in json.loads((lm_model / "model.json").read_text())["decoding"]
+    assert StreamingRunner(lm_model).decoder == "greedy"
+    with pytest.raises(ValueError, match="no language model"):
+        StreamingRunner(lm_model, decoder="lm")
+
+
+def test_bad_lm_input_fails_clearly(lm_model, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    r = CliRunner().invoke(app, ["lm", str(empty), "--model-dir", str(lm_model)])
+    assert r.exit_code != 0 and "no text" in r.output
+    with pytest.raises(ValueError, match="unknown decoder"):
+        StreamingRunner(lm_model, decoder="beam")
+    (lm_model / "lm.txt.gz").write_bytes(b"\x1f\x8b\x08 broken")
+    with pytest.raises(ValueError, match="unreadable language model"):
+        StreamingRunner(lm_model)
+    (lm_model / "lm.txt.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="lm.txt.gz"):
+        StreamingRunner(lm_model)
+
+
+def _publish(store_dir, tiny_repo, name, lm: bool):
+    from brogue.adapters import publish_adapter
+    from brogue.export.nemo_export import fingerprint
+
+    return publish_adapter(store_dir, next(iter(tiny_repo.arrays.values())), name=name, version="v1",
+                           base_fingerprint=fingerprint(tiny_repo.model),
+                           lm_sentences=DOMAIN if lm else None, lm_order=4, lm_weight=0.6)
+
+
+def test_an_adapters_domain_lm_reaches_its_slot_in_the_streaming_model(lm_model, tiny_repo, tmp_path):
+    """StreamingModel: a stream on a domain adapter decodes with the model's LM mixed with the
+    adapter's; when that slot goes to an adapter without an LM, the mixture goes with it."""
+    from brogue.server.streaming_model import ChunkRequest, StreamingModel
+
+    store = tmp_path / "store"
+    _publish(store, tiny_repo, "med", lm=True)
+    _publish(store, tiny_repo, "plain", lm=False)
+    model = StreamingModel(lm_model, store, slots=2)  # one adapter slot: each load evicts the last
+    try:
+        audio = speechlike(np.random.default_rng(2), 2.0)
+        res = model.execute([ChunkRequest(corrid=1, start=True, end=True, audio=audio, adapter="med@v1")])[0]
+        assert res.error is None
+        runner = model.runner
+        (lm, weight), = runner._slot_lms.values()
+        assert weight == 0.6 and "w" in lm.alphabet and lm.order == 4
+        # The served tokens equal an in-process runner given the same adapter and domain LM by hand.
+        from brogue.engine.lm import load_lm
+        arrays = next(iter(tiny_repo.arrays.values()))
+        ref = StreamingRunner(lm_model, slots=2)
+        ref.bank.write(1, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
+        ref.set_slot_lm(1, load_lm(store / "med" / "v1" / "lm.txt.gz", 4, alphabet=ref.lm_alphabet), 0.6)
+        (st,) = ref.transcribe([audio], [1])
+        assert list(res.tokens) == st.tokens
+        res2 = model.execute([ChunkRequest(corrid=2, start=True, end=True, audio=audio, adapter="plain@v1")])[0]
+        assert res2.error is None and runner._slot_lms == {}
+    finally:
+        model.close()
+
+
+def test_eval_uses_the_adapters_domain_lm(lm_model, tiny_repo, tmp_path):
+    from brogue.clients.eval import make_runner
+
+    store = tmp_path / "store"
+    _publish(store, tiny_repo, "med", lm=True)
+    runner, ref = make_runner(lm_model, "med", store)
+    assert ref == "med@v1" and set(runner._slot_lms) == {1}
+    greedy, _ = make_runner(lm_model, "med", store, decoder="greedy")
+    assert greedy.decoder == "greedy" and greedy._slot_lms == {}
