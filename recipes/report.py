@@ -2,7 +2,8 @@
 
     python recipes/report.py --data /work/data            # evaluate, print, update README.md
 
-For each test split: the exported base model alone, with the split's own adapter, with another
+For each test split, under LM beam search (as served) and greedy decoding (the acoustic model
+alone): the exported base model alone, with the split's own adapter, with another
 split's adapter (the next one in SPLITS order), all streamed chunk by chunk through
 ``StreamingRunner`` exactly as ``brogue eval`` does; and pocketsphinx (the PyPI wheel's bundled
 en-us acoustic model, language model and dictionary) on the same audio. The base test split is also
@@ -28,8 +29,11 @@ SECTION = "## Accuracy of the demo model"
 INTRO = """The demo model (`model_repo/exported/demo`, source `model_repo/demo.nemo`) and its adapters
 (`model_repo/adapters/NAME/v1`) come from the recipe in `recipes/` (`recipes/make_demo.sh` runs it
 all): a synthetic corpus from Debian TTS voices (`brogue corpus`), a small cache-aware
-FastConformer-CTC trained on the base set only (`recipes/train_base.py`), and one LinearAdapter per
-accent / domain set trained with the base frozen (`brogue adapt`). Word error rates on the held-out
+FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from the
+base set's sentences (`brogue lm`, weights tuned on a dev split), and one LinearAdapter per accent /
+domain set trained with the base frozen (`brogue adapt`; the domain adapter also carries its
+sentences as a domain LM). Two tables: as served (beam search with the LM), and the acoustic model
+alone (greedy, as NeMo's streaming decodes). Word error rates on the held-out
 test splits (unseen sentences, unseen speaker variants), streamed chunk by chunk through the
 exported model as `brogue eval` does; pocketsphinx is the PyPI wheel's en-us model on the same
 audio. Made by `python recipes/report.py --data DATA_DIR`; all speech is synthetic, so these numbers
@@ -76,7 +80,7 @@ def main(argv=None):
     ap.add_argument("--only-pocketsphinx", action="store_true", help="fill the pocketsphinx cache and stop")
     a = ap.parse_args(argv)
 
-    from brogue.clients.eval import error_rates, load_audio, read_manifest, transcribe
+    from brogue.clients.eval import read_manifest
 
     splits = {"base": "base_test.json", "base_ffp": "base_test_ffp.json"}
     splits.update({s: f"{s}_test.json" for s in ADAPTED})
@@ -93,23 +97,56 @@ def main(argv=None):
     from brogue.engine.runner import StreamingRunner
     from brogue.server.adapters.store import AdapterStore
 
-    runner = StreamingRunner(a.model_dir, slots=1 + len(ADAPTED))
-    meta = runner.meta
-    base = BaseSpec(meta.fingerprint, meta.n_layers, meta.d_model, meta.max_adapter_dim)
     store = AdapterStore(a.store)
-    slot, refs = {}, {}
-    for i, name in enumerate(ADAPTED, 1):
-        ref = f"{name}@{store.versions(name)[-1]}"
-        w = store.load(ref, base)
-        runner.bank.write(i, w.ln_weight, w.ln_bias, w.down, w.up)
-        slot[name], refs[name] = i, ref
-
     res: dict = {"model": str(a.model_dir.relative_to(REPO)) if a.model_dir.is_relative_to(REPO) else str(a.model_dir),
-                 "adapters": refs, "splits": {}}
+                 "decoders": {}}
+    for decoder in ("lm", "greedy"):
+        runner = StreamingRunner(a.model_dir, slots=1 + len(ADAPTED), decoder=decoder)
+        meta = runner.meta
+        base = BaseSpec(meta.fingerprint, meta.n_layers, meta.d_model, meta.max_adapter_dim)
+        slot, refs = {}, {}
+        for i, name in enumerate(ADAPTED, 1):
+            ref = f"{name}@{store.versions(name)[-1]}"
+            w = store.load(ref, base)
+            runner.bank.write(i, w.ln_weight, w.ln_bias, w.down, w.up)
+            runner.slot_lm_setter(w)(i)  # a domain adapter's LM, under LM decoding
+            slot[name], refs[name] = i, ref
+        res["adapters"] = refs
+        res["decoders"][decoder] = evaluate_splits(runner, splits, rows, ps, slot, refs, decoder)
+    if res["decoders"]["lm"] is None:
+        del res["decoders"]["lm"]
+    blocks = []
+    for decoder, splits_res in res["decoders"].items():
+        table, each = make_table(splits_res)
+        checks = make_checks(splits_res)
+        res.setdefault("tables", {})[decoder] = table
+        res.setdefault("checks", {})[decoder] = checks
+        blocks += [f"**{TITLES[decoder]}**", "", table, "", f"Base test split with each adapter enabled: {each}.", "",
+                   *[f"- {c}" for c in checks], ""]
+    a.out.write_text(json.dumps(res, indent=1) + "\n")
+    block = "\n".join([START, "", *blocks, END])
+    print(block)
+    if not a.no_readme:
+        update_readme(a.readme, block)
+
+
+TITLES = {"lm": "Served decoding: CTC beam search with the character LM (and the medical adapter's domain LM)",
+          "greedy": "The acoustic model alone: greedy CTC (as NeMo's streaming decodes)"}
+
+
+def evaluate_splits(runner, splits, rows, ps, slot, refs, decoder):
+    """WERs of every split with the base model, its own adapter and a wrong one; None when the
+    runner cannot decode with ``decoder`` (a model without an LM)."""
+    from brogue.clients.eval import error_rates, load_audio, transcribe
+
+    if runner.decoder != decoder:
+        return None
+    out = {}
+    rate = runner.meta.mel.sample_rate
     for s in splits:
-        audios = [load_audio(r["audio_filepath"], meta.mel.sample_rate) for r in rows[s]]
+        audios = [load_audio(r["audio_filepath"], rate) for r in rows[s]]
         texts = [r["text"] for r in rows[s]]
-        hours = sum(len(x) for x in audios) / meta.mel.sample_rate / 3600
+        hours = sum(len(x) for x in audios) / rate / 3600
         d = {"utterances": len(texts), "minutes": round(hours * 60, 1)}
 
         def run(sl):
@@ -126,14 +163,16 @@ def main(argv=None):
             d["with_each_adapter"] = {n: run(slot[n]) for n in ADAPTED}
         w, c = error_rates(texts, ps[s])
         d["pocketsphinx"] = {"wer": w, "cer": c}
-        res["splits"][s] = d
-        print(f"{s}: base {pct(d['base']['wer'])} ({time.time() - t0:.0f} s)", flush=True)
+        out[s] = d
+        print(f"{decoder} {s}: base {pct(d['base']['wer'])} ({time.time() - t0:.0f} s)", flush=True)
+    return out
 
-    # -- the table
+
+def make_table(res_splits) -> tuple[str, str]:
     label = {"base": "base (all voices)", "base_ffp": "base: flite/Festival/pico part"}
     lines = ["| test split | minutes | base WER | adapter WER | wrong-adapter WER | pocketsphinx WER |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for s, d in res["splits"].items():
+    for s, d in res_splits.items():
         if s in ADAPTED:
             own, wrong = d["adapter"], d["wrong_adapter"]
             rel = (d["base"]["wer"] - own["wer"]) / d["base"]["wer"] if d["base"]["wer"] else 0.0
@@ -150,32 +189,29 @@ def main(argv=None):
             name = label[s]
         lines.append(f"| {name} | {d['minutes']} | {pct(d['base']['wer'])} | {a_cell} | {w_cell} | "
                      f"{pct(d['pocketsphinx']['wer'])} |")
-    b = res["splits"]["base"]
+    b = res_splits["base"]
     each = ", ".join(f"{n} {pct(v['wer'])}" for n, v in b["with_each_adapter"].items())
-    table = "\n".join(lines)
+    return "\n".join(lines), each
+
+
+def make_checks(res_splits) -> list[str]:
     checks = []
     for s in ADAPTED:
-        d = res["splits"][s]
+        d = res_splits[s]
         rel = (d["base"]["wer"] - d["adapter"]["wer"]) / max(d["base"]["wer"], 1e-9)
         checks.append(f"{s} adapter cuts WER by {rel * 100:.0f}% relative (target >= 30%): "
                       f"{'met' if rel >= 0.30 else 'NOT met'}")
+    b = res_splits["base"]
     for n, v in b["with_each_adapter"].items():
         rel = (v["wer"] - b["base"]["wer"]) / max(b["base"]["wer"], 1e-9)
         checks.append(f"{n} adapter changes base-set WER by {rel * 100:+.0f}% relative (target <= +10%): "
                       f"{'met' if rel <= 0.10 else 'NOT met'}")
-    ffp = res["splits"]["base_ffp"]
+    ffp = res_splits["base_ffp"]
     checks.append(f"base WER on the base test split {pct(b['base']['wer'])} (target < 15%): "
                   f"{'met' if b['base']['wer'] < 0.15 else 'NOT met'}")
     checks.append(f"base WER {pct(ffp['base']['wer'])} vs pocketsphinx {pct(ffp['pocketsphinx']['wer'])} on the "
                   f"flite/Festival/pico audio: {'met' if ffp['base']['wer'] < ffp['pocketsphinx']['wer'] else 'NOT met'}")
-    res["checks"] = checks
-    res["table"] = table
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
-    block = "\n".join([START, "", table, "", f"Base test split with each adapter enabled: {each}.", "",
-                       *[f"- {c}" for c in checks], "", END])
-    print(block)
-    if not a.no_readme:
-        update_readme(a.readme, block)
+    return checks
 
 
 def update_readme(readme: Path, block: str) -> None:
