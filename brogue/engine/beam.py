@@ -100,7 +100,7 @@ class CTCBeamSearch:
         self.blank = blank
         self.lm = lm
         self.cfg = config
-        self._cache: dict = {}
+        self._cache: dict = {}  # (LM context, token) -> (text added, score); cleared past 200k entries
         self._spaces = {i for i, t in enumerate(surfaces) if t and not t.strip()}
         self._keep = max(self.lm.order, 2)  # characters of text a hypothesis keeps (its LM context)
 
@@ -120,7 +120,7 @@ class CTCBeamSearch:
                 added += ch
                 prev = ch
             hit = (added, score)
-            if len(self._cache) > 500_000:
+            if len(self._cache) > 200_000:
                 self._cache.clear()
             self._cache[key] = hit
         return (text + hit[0])[-self._keep:], hit[1]

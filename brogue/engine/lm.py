@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import gzip
 import math
-from collections import defaultdict
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
 BOS = "^"
 EOS = "$"
-_CACHE_SIZE = 1 << 20
+_CACHE_SIZE = 1 << 18
 
 
 def normalise_line(text: str) -> str:
@@ -76,7 +76,9 @@ class CharNgramLM:
             raise ValueError(f"discount must be in (0, 1), not {discount}")
         self.order = order
         self.discount = discount
-        raw: list[dict] = [defaultdict(lambda: defaultdict(int)) for _ in range(order)]
+        # Flat tables (string keys, no per-context dicts): a few times less memory than nested ones.
+        top: Counter = Counter()  # order-grams (context + char): the top table's raw counts
+        seen = [set() for _ in range(order + 1)]  # seen[L]: distinct L-grams, 2 <= L < order
         chars = set(alphabet) - {BOS, EOS}
         n = 0
         pad = BOS * (order - 1)
@@ -88,23 +90,31 @@ class CharNgramLM:
             chars.update(s)
             s = pad + s + EOS
             for i in range(order - 1, len(s)):
-                c = s[i]
-                for k in range(order):
-                    raw[k][s[i - k:i]][c] += 1
+                top[s[i - order + 1:i + 1]] += 1
+                for length in range(2, order):
+                    seen[length].add(s[i - length + 1:i + 1])
         if n == 0:
             raise ValueError("no text to build a language model from")
         self.sentences = n
         self.alphabet = frozenset(chars)
-        # Continuation counts for the lower orders: distinct left extensions of (context + char).
-        cont: list[dict] = [defaultdict(lambda: defaultdict(int)) for _ in range(order)]
-        for k in range(1, order):
-            for ctx, nxt in raw[k].items():
-                shorter = cont[k - 1][ctx[1:]]
-                for c in nxt:
-                    shorter[c] += 1
-        tables = [cont[k] for k in range(order - 1)] + [raw[order - 1]]
-        # Per context: (counts, total, distinct followers), as plain dicts.
-        self._tables = [{ctx: (dict(nxt), sum(nxt.values()), len(nxt)) for ctx, nxt in t.items()} for t in tables]
+        # Table k (context of k characters) maps context + char to a count: raw counts at the top
+        # order, else continuation counts, the number of distinct characters seen before it.
+        self._counts: list[dict] = []
+        for k in range(order - 1):
+            cont: Counter = Counter()
+            for g in (seen[k + 2] if k + 2 < order else top):
+                cont[g[1:]] += 1
+            self._counts.append(dict(cont))
+        self._counts.append(dict(top))
+        del top, seen
+        # Per context: (total count, distinct followers).
+        self._contexts: list[dict] = []
+        for table in self._counts:
+            stats: dict = {}
+            for key, count in table.items():
+                total, distinct = stats.get(key[:-1], (0, 0))
+                stats[key[:-1]] = (total + count, distinct + 1)
+            self._contexts.append(stats)
         self._uniform = 1.0 / (len(self.alphabet) + 2)  # the alphabet, EOS, and "unseen"
         self._prob = lru_cache(maxsize=_CACHE_SIZE)(self._prob_uncached)
 
@@ -116,11 +126,12 @@ class CharNgramLM:
         p = self._uniform
         d = self.discount
         for k in range(self.order):
-            entry = self._tables[k].get(ctx[len(ctx) - k:] if k else "")
+            cx = ctx[len(ctx) - k:] if k else ""
+            entry = self._contexts[k].get(cx)
             if entry is None:
                 break  # no longer context was seen either
-            counts, total, distinct = entry
-            p = max(counts.get(c, 0) - d, 0.0) / total + d * distinct / total * p
+            total, distinct = entry
+            p = max(self._counts[k].get(cx + c, 0) - d, 0.0) / total + d * distinct / total * p
         return p
 
     def context(self, text: str) -> str:
