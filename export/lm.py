@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from brogue.engine.beam import BeamConfig, BeamState, CTCBeamSearch
-from brogue.engine.decoding import ctc_greedy
 from brogue.engine.lm import CharNgramLM, read_text, write_text
 from brogue.engine.metadata import ModelMeta, write_metadata
 
 LM_FILE = "lm.txt.gz"
 ALPHAS = (0.5, 0.75, 1.0, 1.25, 1.5)
-BETAS = (0.5, 1.0, 1.5, 2.0, 2.5)
+BETAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5)
 
 
 @dataclass
@@ -57,31 +56,40 @@ def sentences_from(paths, exclude: set[str] | None = None) -> list[str]:
     return out
 
 
-def _dev_logprobs(model_dir: Path, manifest: Path, limit: int | None):
+def _dev_outputs(model_dir: Path, manifest: Path, limit: int | None):
+    """Stream the dev manifest once, greedily; keep each utterance's per-chunk log-probabilities
+    (the beam search is then replayed on them chunk by chunk, committing as it does when served)."""
     from brogue.clients.eval import load_audio, read_manifest
     from brogue.engine.runner import StreamingRunner
 
     runner = StreamingRunner(model_dir, decoder="greedy", keep_outputs=True)
     rows = read_manifest(manifest, limit)
     audios = [load_audio(r["audio_filepath"], runner.meta.mel.sample_rate) for r in rows]
-    logprobs = []
+    chunks: list[list[np.ndarray]] = []
+    greedy: list[str] = []
     for i in range(0, len(audios), 16):
         batch = audios[i:i + 16]
         parts: dict = {j: [] for j in range(len(batch))}
 
-        def keep(res):
+        def keep(res, parts=parts):
             for sid, o in res.items():
                 parts[sid] += o.outputs
 
         states = runner.transcribe(batch, on_step=keep)
-        del states
-        logprobs += [np.concatenate(parts[j]) if parts[j] else np.zeros((0, len(runner.meta.tokens) + 1), np.float32)
-                     for j in range(len(batch))]
-    return runner, [r["text"] for r in rows], logprobs
+        chunks += [parts[j] for j in range(len(batch))]
+        greedy += [runner.detok.decode(st.tokens) for st in states]
+    return runner, [r["text"] for r in rows], chunks, greedy
 
 
-def decode_all(search: CTCBeamSearch, detok, logprobs) -> list[str]:
-    return [detok.decode(search.step(BeamState(), lp, final=True).tokens) for lp in logprobs]
+def decode_chunks(search: CTCBeamSearch, detok, chunks: list[list[np.ndarray]]) -> list[str]:
+    """Beam-search each utterance's chunks in order, as the runner does for a stream."""
+    out = []
+    for parts in chunks:
+        state, tokens = BeamState(), []
+        for i, lp in enumerate(parts or [np.zeros((0, len(detok.tokens) + 1), np.float32)]):
+            tokens += search.step(state, lp, final=i == max(len(parts), 1) - 1).tokens
+        out.append(detok.decode(tokens))
+    return out
 
 
 def build_lm(model_dir: str | Path, text, *, order: int = 8, alpha: float = 1.0, beta: float = 1.5,
@@ -89,29 +97,29 @@ def build_lm(model_dir: str | Path, text, *, order: int = 8, alpha: float = 1.0,
              alphas=ALPHAS, betas=BETAS, progress=None) -> LMResult:
     """Write ``lm.txt.gz`` from ``text`` (paths, see :func:`sentences_from`) into ``model_dir`` and
     record it in model.json. With ``dev``, sentences of the dev manifest are left out of the LM and
-    alpha/beta are tuned on it (``alpha``/``beta`` are then ignored)."""
-    import jiwer
-
-    from brogue.clients.eval import normalise
+    alpha/beta are tuned on it (``alpha``/``beta`` are then ignored): the dev WER of each pair is
+    what ``brogue eval`` would report with it."""
+    from brogue.clients.eval import error_rates
+    from brogue.engine.vocab import Detokenizer
 
     model_dir = Path(model_dir)
     meta = ModelMeta.load(model_dir)
     if meta.head != "ctc":
         raise ValueError(f"{model_dir}: LM beam search is for CTC heads; this model's head is {meta.head}")
+    surfaces = Detokenizer(meta.tokens, meta.vocab_kind).lm_surfaces()
     exclude = set(sentences_from([dev])) if dev else None
     sents = sentences_from(text, exclude)
-    lm = CharNgramLM(sents, order)  # validates before anything is written
+    # As the runner will build it (the model's characters in the alphabet); validates the text
+    # before anything is written.
+    lm = CharNgramLM(sents, order, alphabet="".join(sorted(set("".join(surfaces)))))
     res = LMResult(sentences=lm.sentences, bytes=0, order=order, alpha=alpha, beta=beta)
     if dev:
-        runner, refs, lps = _dev_logprobs(model_dir, Path(dev), dev_limit)
-        refs = [normalise(r) for r in refs]
-        greedy = [runner.detok.decode(ctc_greedy(lp[None], np.array([len(lp)]), np.array([-1]), runner.blank)[0].tokens)
-                  for lp in lps]
-        res.dev_greedy_wer = float(jiwer.wer(refs, [normalise(h) for h in greedy]))
+        runner, refs, chunks, greedy = _dev_outputs(model_dir, Path(dev), dev_limit)
+        res.dev_greedy_wer = error_rates(refs, greedy)[0]
         res.grid = []
         for a, b in itertools.product(alphas, betas):
-            search = CTCBeamSearch(runner.detok.lm_surfaces(), runner.blank, lm, BeamConfig(alpha=a, beta=b, beam=beam))
-            w = float(jiwer.wer(refs, [normalise(h) for h in decode_all(search, runner.detok, lps)]))
+            search = CTCBeamSearch(surfaces, runner.blank, lm, BeamConfig(alpha=a, beta=b, beam=beam))
+            w = error_rates(refs, decode_chunks(search, runner.detok, chunks))[0]
             res.grid.append((a, b, w))
             if progress:
                 progress(a, b, w)
@@ -121,8 +129,7 @@ def build_lm(model_dir: str | Path, text, *, order: int = 8, alpha: float = 1.0,
     raw = dict(meta.raw)
     raw["decoding"] = dict(raw["decoding"])
     raw["decoding"]["ctc_lm"] = {"file": LM_FILE, "kind": "char-ngram-kn", "order": order, "sentences": n,
-                                 "alpha": res.alpha, "beta": res.beta, "beam": beam,
-                                 "silence_frames": BeamConfig.silence_frames}
+                                 **asdict(BeamConfig(alpha=res.alpha, beta=res.beta, beam=beam))}
     files = [f for f in raw.get("files", []) if f != LM_FILE]
     raw["files"] = files + [LM_FILE]
     write_metadata(model_dir / "model.json", raw)

@@ -50,12 +50,17 @@ def test_adapt_trains_a_few_steps_and_stores_a_valid_entry(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the audio paths are relative to data/, the manifest's folder, not the cwd
     res = CliRunner().invoke(app, ["adapt", "--model", str(tmp_path / "tiny.nemo"), "--train", str(manifest),
                                    "--name", "tenant-a", "--dim", "8", "--steps", "3", "--batch-size", "2",
-                                   "--store", str(tmp_path / "store"), "--kind", "accent"])
+                                   "--store", str(tmp_path / "store"), "--kind", "domain", "--domain-lm", "0.4"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == "tenant-a@v1"
     entry = tmp_path / "store" / "tenant-a" / "v1"
     w = read_adapter(entry, BaseSpec(fingerprint(model), 2, 64, 8))
-    assert w.manifest.kind == "accent" and w.manifest.dim == 8
+    assert w.manifest.kind == "domain" and w.manifest.dim == 8
+    # --domain-lm: the manifest's sentences became the entry's domain LM, at that weight
+    from brogue.clients.eval import read_manifest
+    from brogue.engine.lm import normalise_line, read_text
+    assert read_text(w.lm_path) == [normalise_line(r["text"]) for r in read_manifest(manifest)]
+    assert w.manifest.lm["weight"] == 0.4
     assert w.down.shape == (2, 8, 64) and w.up.shape == (2, 64, 8)
     assert np.abs(w.up).max() > 0, "the adapter's up projection starts at zero and must have trained"
 

@@ -147,3 +147,29 @@ def test_eval_uses_the_adapters_domain_lm(lm_model, tiny_repo, tmp_path):
     assert ref == "med@v1" and set(runner._slot_lms) == {1}
     greedy, _ = make_runner(lm_model, "med", store, decoder="greedy")
     assert greedy.decoder == "greedy" and greedy._slot_lms == {}
+
+
+def test_dev_tuning_picks_the_grid_point_that_eval_then_reports(tiny_repo, tmp_path):
+    """`brogue lm --dev`: each (alpha, beta) is scored by replaying the beam search over the dev
+    streams' chunks, committing as served; the chosen pair's dev WER is what `brogue eval` gives."""
+    import soundfile as sf
+
+    from brogue.clients.eval import evaluate
+    from brogue.export.lm import build_lm
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_repo.model_dir, model_dir)
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(4):
+        sf.write(tmp_path / f"{i}.wav", speechlike(rng, 1.5 + i / 2), 16000)
+        rows.append({"audio_filepath": f"{i}.wav", "duration": 1.5 + i / 2, "text": TEXT[i]})
+    dev = tmp_path / "dev.json"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "text.txt").write_text("\n".join(TEXT + DOMAIN) + "\n")
+    res = build_lm(model_dir, [tmp_path / "text.txt"], order=4, dev=dev, alphas=(0.2, 0.6), betas=(1.0, 3.0))
+    assert res.sentences == len(DOMAIN)  # the dev sentences are left out of the LM
+    assert len(res.grid) == 4 and (res.alpha, res.beta, res.dev_wer) == min(res.grid, key=lambda g: g[2])
+    spec = json.loads((model_dir / "model.json").read_text())["decoding"]["ctc_lm"]
+    assert (spec["alpha"], spec["beta"]) == (res.alpha, res.beta) and spec["max_delay"] == 12
+    assert evaluate(dev, model_dir=model_dir, decoder="lm").wer == pytest.approx(res.dev_wer)

@@ -40,6 +40,8 @@ import numpy as np
 from safetensors import SafetensorError, deserialize
 from safetensors.numpy import save as serialize_numpy
 
+from brogue.engine.lm import normalise_line
+
 __all__ = [
     "FORMAT",
     "LM_FILE",
@@ -236,7 +238,8 @@ def _check_lm_fields(lm: dict, origin: str) -> None:
         raise AdapterError("manifest", f"{origin}: lm: {_difference(_LM_FIELDS, lm, 'fields')}")
     for key, type_ in _LM_FIELDS.items():
         v = lm[key]
-        if not isinstance(v, type_) and not (type_ is float and isinstance(v, int)) or isinstance(v, bool):
+        ok = isinstance(v, type_) or (type_ is float and isinstance(v, int))  # JSON may write 1.0 as 1
+        if not ok or isinstance(v, bool):
             raise AdapterError("manifest", f"{origin}: lm field {key!r} must be {type_.__name__}, got {type(v).__name__}")
     if lm["file"] != LM_FILE:
         raise AdapterError("manifest", f"{origin}: lm file must be {LM_FILE!r}, not {lm['file']!r}")
@@ -401,7 +404,7 @@ def write_adapter(
     }
     lm_blob = None
     if lm_sentences is not None:
-        lines = [t for t in (" ".join(str(x).lower().split()) for x in lm_sentences) if t]
+        lines = [t for t in (normalise_line(str(x)) for x in lm_sentences) if t]
         lm_blob = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
         fields["lm"] = {"file": LM_FILE, "sha256": hashlib.sha256(lm_blob).hexdigest(), "size_bytes": len(lm_blob),
                         "order": lm_order, "weight": float(lm_weight), "sentences": len(lines)}

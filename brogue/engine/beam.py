@@ -18,8 +18,8 @@ Streaming: a :class:`BeamState` per stream carries the beam from chunk to chunk,
   same pause in the blank probabilities and must find the words already out);
 - the last chunk of a stream scores the sentence end and commits the best hypothesis.
 
-With ``silence_frames`` and ``max_delay`` large, decoding a stream chunk by chunk gives the same text as decoding
-all its frames at once (tests check this).
+With ``silence_frames`` and ``max_delay`` large, decoding a stream chunk by chunk gives the same
+text as decoding all its frames at once (tests check this).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .decoding import Decoded
+from .lm import EOS
 
 NEG = -1.0e30
 
@@ -178,7 +179,7 @@ class CTCBeamSearch:
         hyps = state.hyps
         best_key, best = max(hyps.items(), key=lambda kv: kv[1].total())
         if final:
-            ends = {k: h.total() + self.cfg.alpha * self.lm.logp(self.lm.context(h.text), "$")
+            ends = {k: h.total() + self.cfg.alpha * self.lm.logp(self.lm.context(h.text), EOS)
                     for k, h in hyps.items()}
             best_key = max(ends, key=ends.get)
             best = hyps[best_key]

@@ -149,8 +149,9 @@ class StreamingRunner:
         s = self._searchers.get(slot)
         if s is None:
             lm = self.lm
-            if slot in self._slot_lms:
-                dom, w = self._slot_lms[slot]
+            domain = self._slot_lms.get(slot)  # one read: the bank's loader thread may change it
+            if domain is not None:
+                dom, w = domain
                 lm = MixedLM([(self.lm, 1 - w), (dom, w)])
             s = self._searchers[slot] = CTCBeamSearch(self.detok.lm_surfaces(), self.blank, lm, self.beam_config)
         return s
