@@ -113,3 +113,39 @@ def test_only_the_domain_adapter_carries_a_domain_lm():
         w = store.load(f"{name}@v1", base)
         assert (w.lm_path is not None) == (name == "medical"), name
     assert store.load("medical@v1", base).manifest.lm["sentences"] == 300
+
+
+def test_the_committed_model_repository_serves_the_demo_with_its_lms_in_tritonserver():
+    """A real tritonserver on model_repo/ exactly as committed (LM decoding by default): the base
+    clip on the base model and the medical clip on medical@v1 (with its domain LM) give the
+    in-process runner's tokens, and decode with the LM (not greedily)."""
+    from brogue.clients.eval import load_audio, make_runner
+    from brogue.clients.triton_sequence import TritonSequence
+    from brogue.server.tritonserver import TritonProcess
+
+    rows = {r["set"]: r for r in _clips()}
+    cases = [("base", ""), ("medical", "medical@v1")]
+    audios = {s: load_audio(str(CLIPS / rows[s]["audio_filepath"]), 16000) for s, _ in cases}
+    server = TritonProcess(REPO / "model_repo", models=("asr_streaming",))
+    server.start(timeout=240)
+    try:
+        served = {}
+        for i, (s, adapter) in enumerate(cases):
+            tokens = []
+            with TritonSequence(server.grpc_url, 7000 + i, adapter=adapter) as seq:
+                a = audios[s]
+                for pos in range(0, len(a), 4000):
+                    tokens += seq.send(a[pos:pos + 4000], end=pos + 4000 >= len(a)).tokens
+            served[s] = tokens
+    finally:
+        server.stop()
+    differs = []
+    for s, adapter in cases:
+        runner, _ = make_runner(MODEL_DIR, adapter or None, STORE)
+        greedy, _ = make_runner(MODEL_DIR, adapter or None, STORE, decoder="greedy")
+        slot = 1 if adapter else 0
+        (st,) = runner.transcribe([audios[s]], [slot])
+        (gst,) = greedy.transcribe([audios[s]], [slot])
+        assert list(served[s]) == st.tokens, s
+        differs.append(st.tokens != gst.tokens)
+    assert any(differs), "LM decoding gave the greedy transcripts: is the server decoding with the LM?"
