@@ -30,6 +30,8 @@ import time
 from multiprocessing import Pool
 from pathlib import Path
 
+from brogue.engine.lm import write_text
+
 APT_PACKAGES = [
     "espeak-ng", "flite", "festival", "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts",
     "festvox-us1", "festvox-us2", "festvox-us3", "libttspico-utils", "mbrola", "mbrola-us1", "mbrola-us2",
@@ -294,6 +296,11 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
     plan["base_dev"] = (take(sz["base_dev"]), base_voices("test"))
 
     jobs: dict[str, list[dict]] = {name: make_jobs(name, s, v, rng, out) for name, (s, v) in plan.items()}
+    # Text for the base model's character LM (`brogue lm`): every wordnet sentence that no test or
+    # dev split speaks, training splits' included (sorted: the file does not depend on the seed's
+    # shuffle, only on which sentences are held out).
+    held = {t for name, (ss, _) in plan.items() if name.endswith(("_test", "_dev")) for t in ss}
+    write_text(out / "lm_text.txt.gz", sorted(set(sents) - held))
     if only:
         unknown = set(only) - set(jobs)
         if unknown:

@@ -29,8 +29,9 @@ SECTION = "## Accuracy of the demo model"
 INTRO = """The demo model (`model_repo/exported/demo`, source `model_repo/demo.nemo`) and its adapters
 (`model_repo/adapters/NAME/v1`) come from the recipe in `recipes/` (`recipes/make_demo.sh` runs it
 all): a synthetic corpus from Debian TTS voices (`brogue corpus`), a small cache-aware
-FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from the
-base set's sentences (`brogue lm`, weights tuned on a dev split), and one LinearAdapter per accent /
+FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from
+every wordnet sentence that no test or dev split speaks (`brogue lm`, weights tuned on the dev
+split; text only, 27k sentences against the 12k spoken in base training), and one LinearAdapter per accent /
 domain set trained with the base frozen (`brogue adapt`; the domain adapter also carries its
 sentences as a domain LM). Two tables: as served (beam search with the LM), and the acoustic model
 alone (greedy, as NeMo's streaming decodes). Word error rates on the held-out
