@@ -73,7 +73,6 @@ def training_manifest(path: Path, out: Path, replay: Path | None = None, replay_
     what differs in the tenant's speech without drifting on everyone else's. Returns (own, replayed)."""
     import random
 
-
     if not 0 <= replay_fraction < 1:
         raise ValueError(f"replay fraction must be in [0, 1), not {replay_fraction}")
     rows = read_manifest(Path(path).resolve())
