@@ -354,6 +354,7 @@ def lm_cmd(
     remove: bool = typer.Option(False, "--remove", help="Drop the model's LM instead (greedy decoding)."),
 ):
     """Give an exported CTC model a character LM for beam search (lm.txt.gz + model.json)."""
+    from brogue.clients.eval import EvalError
     from brogue.export.lm import build_lm, remove_lm
 
     try:
@@ -362,7 +363,7 @@ def lm_cmd(
             return
         r = build_lm(model_dir, text, order=order, alpha=alpha, beta=beta, beam=beam, dev=dev, dev_limit=dev_limit,
                      progress=lambda a, b, w: console.print(f"alpha {a:.2f} beta {b:.2f}: dev WER {w * 100:.2f}%"))
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, EvalError) as e:
         _fail(str(e))
     console.print(f"LM: {r.sentences} sentences, order {r.order}, {r.bytes / 1024:.0f} KB; alpha {r.alpha}, beta {r.beta}")
     if r.dev_wer is not None:

@@ -13,7 +13,6 @@ No torch, no NeMo: this runs where the server runs.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,12 +42,13 @@ class LMResult:
 def sentences_from(paths, exclude: set[str] | None = None) -> list[str]:
     """Texts of NeMo manifests (``.json``: one object per line) and plain text files (one sentence
     per line, ``.txt`` or ``.txt.gz``), minus those in ``exclude``."""
+    from brogue.clients.eval import read_manifest  # EvalError for a missing or malformed manifest
+
     out = []
     for p in paths:
         p = Path(p)
         if p.suffix == ".json":
-            with open(p, encoding="utf-8") as f:
-                out += [json.loads(line)["text"] for line in f if line.strip()]
+            out += [r["text"] for r in read_manifest(p)]
         else:
             out += read_text(p)
     if exclude:

@@ -23,7 +23,6 @@ No torch here: serving runs without it.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ import numpy as np
 from safetensors import SafetensorError, deserialize
 from safetensors.numpy import save as serialize_numpy
 
-from brogue.engine.lm import normalise_line
+from brogue.engine.lm import text_bytes
 
 __all__ = [
     "FORMAT",
@@ -404,10 +403,9 @@ def write_adapter(
     }
     lm_blob = None
     if lm_sentences is not None:
-        lines = [t for t in (normalise_line(str(x)) for x in lm_sentences) if t]
-        lm_blob = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
+        lm_blob, n_sentences = text_bytes(lm_sentences)
         fields["lm"] = {"file": LM_FILE, "sha256": hashlib.sha256(lm_blob).hexdigest(), "size_bytes": len(lm_blob),
-                        "order": lm_order, "weight": float(lm_weight), "sentences": len(lines)}
+                        "order": lm_order, "weight": float(lm_weight), "sentences": n_sentences}
     manifest = Manifest.from_dict(fields, origin=f"manifest of {dest}")
     manifest_text = manifest.to_json()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -40,26 +40,48 @@ def read_text(path: str | Path) -> list[str]:
         return [s for s in (normalise_line(line) for line in f) if s]
 
 
-def write_text(path: str | Path, sentences) -> int:
-    """Write normalised sentences (gzip when ``path`` ends in .gz); returns the number written.
-    The gzip header carries no timestamp, so the same text gives the same bytes."""
-    lines = [s for s in (normalise_line(t) for t in sentences) if s]
+def text_bytes(sentences, compress: bool = True) -> tuple[bytes, int]:
+    """The bytes of a sentence file (normalised, one per line, empty ones dropped; gzip without a
+    timestamp, so the same text gives the same bytes) and the number of sentences in it."""
+    lines = [s for s in (normalise_line(str(t)) for t in sentences) if s]
     data = ("\n".join(lines) + "\n").encode()
+    return (gzip.compress(data, mtime=0) if compress else data), len(lines)
+
+
+def write_text(path: str | Path, sentences) -> int:
+    """Write a sentence file (gzip when ``path`` ends in .gz); returns the number of sentences."""
     path = Path(path)
-    if path.suffix == ".gz":
-        data = gzip.compress(data, mtime=0)
+    data, n = text_bytes(sentences, compress=path.suffix == ".gz")
     path.write_bytes(data)
-    return len(lines)
+    return n
 
 
-def _tail(text: str, order: int) -> str:
-    """The last ``order - 1`` characters of ``text``, padded with BOS at a sentence start."""
-    if order <= 1:
-        return ""
-    return (BOS * (order - 1) + text)[-(order - 1):]
+class _CharLM:
+    """What every character model here shares: ``order``, and a ``logp(context, char)``."""
+
+    order: int
+
+    def context(self, text: str) -> str:
+        """The part of ``text`` (the sentence so far) that the next character depends on: its last
+        ``order - 1`` characters, padded with BOS at a sentence start."""
+        if self.order <= 1:
+            return ""
+        return (BOS * (self.order - 1) + text)[-(self.order - 1):]
+
+    def logp(self, ctx: str, c: str) -> float:
+        raise NotImplementedError
+
+    def sentence_logp(self, text: str) -> float:
+        """log P of a whole sentence, its end included."""
+        text = normalise_line(text)
+        total, so_far = 0.0, ""
+        for c in text + EOS:
+            total += self.logp(self.context(so_far), c)
+            so_far += c
+        return total
 
 
-class CharNgramLM:
+class CharNgramLM(_CharLM):
     """Interpolated Kneser-Ney character n-gram of ``order`` (context ``order - 1`` characters).
 
     The highest order uses raw counts, lower orders continuation counts (how many distinct
@@ -134,25 +156,12 @@ class CharNgramLM:
             p = max(self._counts[k].get(cx + c, 0) - d, 0.0) / total + d * distinct / total * p
         return p
 
-    def context(self, text: str) -> str:
-        """The part of ``text`` (the sentence so far) that the next character depends on."""
-        return _tail(text, self.order)
-
     def logp(self, ctx: str, c: str) -> float:
         """log P(c | ctx), where ``ctx`` is :meth:`context` of the text so far; ``c`` may be ``$``."""
         return math.log(self._prob(ctx, c))
 
-    def sentence_logp(self, text: str) -> float:
-        """log P of a whole sentence, its end included."""
-        text = normalise_line(text)
-        total, so_far = 0.0, ""
-        for c in text + EOS:
-            total += self.logp(self.context(so_far), c)
-            so_far += c
-        return total
 
-
-class MixedLM:
+class MixedLM(_CharLM):
     """Linear interpolation ``sum(w_i * P_i)`` of character models; the weights must sum to 1."""
 
     def __init__(self, parts: list[tuple[CharNgramLM, float]]):
@@ -162,9 +171,6 @@ class MixedLM:
         self.order = max(m.order for m, _ in parts)
         self._logp = lru_cache(maxsize=_CACHE_SIZE)(self._logp_uncached)
 
-    def context(self, text: str) -> str:
-        return _tail(text, self.order)
-
     def _logp_uncached(self, ctx: str, c: str) -> float:
         # A BOS-padded context of the longest order ends with every shorter model's context.
         return math.log(sum(w * m._prob(ctx[len(ctx) - m.order + 1:] if m.order > 1 else "", c)
@@ -172,14 +178,6 @@ class MixedLM:
 
     def logp(self, ctx: str, c: str) -> float:
         return self._logp(ctx, c)
-
-    def sentence_logp(self, text: str) -> float:
-        text = normalise_line(text)
-        total, so_far = 0.0, ""
-        for c in text + EOS:
-            total += self.logp(self.context(so_far), c)
-            so_far += c
-        return total
 
 
 _loaded: dict = {}

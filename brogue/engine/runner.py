@@ -99,6 +99,7 @@ class StreamingRunner:
         ch, tm = self.meta.cache_shapes
         self._zero_channel = np.zeros(ch, dtype=np.float32)
         self._zero_time = np.zeros(tm, dtype=np.float32)
+        self._no_frames = np.zeros((0, len(self.meta.tokens) + 1), dtype=np.float32)  # a beam's flush
 
     def _setup_decoder(self, decoder: str) -> None:
         if decoder not in self.DECODERS:
@@ -254,10 +255,6 @@ class StreamingRunner:
         o.confidences += d.confidences
         o.text += self.detok.delta(d.tokens)
         st.tokens += d.tokens
-
-    @property
-    def _no_frames(self) -> np.ndarray:
-        return np.zeros((0, len(self.meta.tokens) + 1), dtype=np.float32)
 
     def _decode(self, out: np.ndarray, n_out: np.ndarray, rows) -> list[Decoded]:
         states = [st for st, _ in rows]
