@@ -57,6 +57,47 @@ def test_mixture_moves_towards_the_domain(lm):
         assert sum(math.exp(mixed.logp(ctx, c)) for c in [*chars, EOS, "#"]) == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(ValueError, match="sum to 1"):
         MixedLM([(lm, 0.5), (domain, 0.6)])
+    with pytest.raises(ValueError, match="window"):
+        MixedLM([(lm, 0.5), (domain, 0.5)], window=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        MixedLM([(lm, 0.5), (domain, 0.5)], window=4, temperature=0)
+
+
+CHARS = "".join(TOKENS)
+DOMAIN = ["administer warfarin daily", "warfarin dose adjusted", "begin heparin twice daily"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet="abcdefhinrstw' ", max_size=20), st.integers(1, 8), st.floats(0.5, 4))
+def test_a_windowed_mixture_is_a_distribution_in_every_context(text, window, temperature):
+    base = CharNgramLM(TEXT, order=5, alphabet=CHARS)
+    mixed = MixedLM([(base, 0.7), (CharNgramLM(DOMAIN, order=3, alphabet=CHARS), 0.3)], window, temperature)
+    assert mixed.order == 5 + window  # the context carries the window on top of the longest model's
+    ctx = mixed.context(text)
+    assert sum(math.exp(mixed.logp(ctx, c)) for c in [*CHARS, EOS, "#"]) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_windowed_weights_follow_the_recent_text():
+    """The domain model's weight rises while the text reads like its own and falls while it reads
+    like general text, so general sentences pay little for a domain LM being mixed in, and domain
+    sentences gain at least as much as from fixed weights."""
+    base = CharNgramLM(TEXT, order=5, alphabet=CHARS)
+    domain = CharNgramLM(DOMAIN, order=3, alphabet=CHARS)
+    fixed = MixedLM([(base, 0.5), (domain, 0.5)])
+    windowed = MixedLM([(base, 0.5), (domain, 0.5)], window=6, temperature=2.0)
+
+    def domain_weight(text):
+        return math.exp(windowed._log_weights(windowed.context(text))[1])
+
+    assert domain_weight("") == pytest.approx(0.5)  # no evidence yet: the prior
+    assert domain_weight("begin warfa") > 0.9
+    assert domain_weight("the cat sat on") < 0.1
+    general, special = "the dog sat on the mat", "administer heparin daily"
+    assert fixed.sentence_logp(general) < windowed.sentence_logp(general) < base.sentence_logp(general) + 1
+    assert windowed.sentence_logp(special) > fixed.sentence_logp(special)
+    # window 0: the fixed weights.
+    zero = MixedLM([(base, 0.5), (domain, 0.5)], window=0)
+    assert zero.order == 5 and zero.sentence_logp(general) == pytest.approx(fixed.sentence_logp(general))
 
 
 def test_lm_text_round_trips_and_bad_input_is_refused(tmp_path):
@@ -188,6 +229,7 @@ def test_output_is_append_only_and_committed_early(lm):
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="invalid beam"):
-        BeamConfig.from_dict({"beam": 0})
+    for bad in ({"beam": 0}, {"domain_window": -1}, {"domain_temperature": 0.0}):
+        with pytest.raises(ValueError, match="invalid beam"):
+            BeamConfig.from_dict(bad)
     assert BeamConfig.from_dict({"alpha": 0.5, "file": "lm.txt.gz"}).alpha == 0.5

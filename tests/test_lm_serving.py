@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from brogue.cli import app
+from brogue.engine.lm import MixedLM
 from brogue.engine.runner import StreamingRunner
 from conftest import speechlike
 
@@ -145,6 +146,9 @@ def test_eval_uses_the_adapters_domain_lm(lm_model, tiny_repo, tmp_path):
     _publish(store, tiny_repo, "med", lm=True)
     runner, ref = make_runner(lm_model, "med", store)
     assert ref == "med@v1" and set(runner._slot_lms) == {1}
+    mixed = runner._searcher(1).lm  # the model's LM and the adapter's, weighted by the recent text
+    assert isinstance(mixed, MixedLM) and mixed.window == runner.beam_config.domain_window > 0
+    assert [w for _, w in mixed.parts] == pytest.approx([0.4, 0.6]) and runner._searcher(0).lm is runner.lm
     greedy, _ = make_runner(lm_model, "med", store, decoder="greedy")
     assert greedy.decoder == "greedy" and greedy._slot_lms == {}
 

@@ -55,12 +55,17 @@ class BeamConfig:
     silence_frames: int = 10  # commit everything after this many frames without a new token
     max_pending: int = 200  # commit the best hypothesis when one holds this many uncommitted tokens
     max_delay: int = 12  # commit the best hypothesis's tokens emitted this many frames ago
+    # An adapter's domain LM is mixed in with weights that follow the last `domain_window`
+    # characters (see brogue.engine.lm.MixedLM; 0: fixed weights), tempered by `domain_temperature`.
+    domain_window: int = 6
+    domain_temperature: float = 2.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "BeamConfig":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         cfg = cls(**known)
-        if min(cfg.beam, cfg.silence_frames, cfg.max_pending, cfg.max_delay) < 1 or cfg.threshold <= 0:
+        if (min(cfg.beam, cfg.silence_frames, cfg.max_pending, cfg.max_delay) < 1 or cfg.threshold <= 0
+                or cfg.domain_window < 0 or cfg.domain_temperature <= 0):
             raise ValueError(f"invalid beam settings {known}")
         return cfg
 

@@ -162,19 +162,54 @@ class CharNgramLM(_CharLM):
 
 
 class MixedLM(_CharLM):
-    """Linear interpolation ``sum(w_i * P_i)`` of character models; the weights must sum to 1."""
+    """Interpolation ``sum(w_i * P_i)`` of character models; the prior weights must sum to 1.
 
-    def __init__(self, parts: list[tuple[CharNgramLM, float]]):
+    With ``window=0`` the weights are the priors (linear interpolation). With ``window=W`` they are
+    each model's posterior given the last ``W`` characters of the text: ``w_i`` is proportional to
+    ``prior_i * P_i(those characters)``, each character scored in its own context. A domain model
+    then takes over while the speech reads like its text and gives way while it does not, instead
+    of costing every general sentence ``log(1 - weight)`` per character. The context (see
+    :meth:`context`) is ``W`` characters longer than the longest part's.
+    """
+
+    def __init__(self, parts: list[tuple[CharNgramLM, float]], window: int = 0, temperature: float = 1.0):
         if not parts or abs(sum(w for _, w in parts) - 1) > 1e-6 or any(w <= 0 for _, w in parts):
             raise ValueError("mixture weights must be positive and sum to 1")
+        if window < 0:
+            raise ValueError(f"mixture window must be 0 or more characters, not {window}")
+        if not temperature > 0:
+            raise ValueError(f"mixture temperature must be positive, not {temperature}")
         self.parts = parts
-        self.order = max(m.order for m, _ in parts)
+        self.window = window
+        self._inv_temp = 1.0 / temperature
+        self._span = max(m.order for m, _ in parts)  # the longest part's order
+        self.order = self._span + window
+        self._log_priors = [math.log(w) for _, w in parts]
         self._logp = lru_cache(maxsize=_CACHE_SIZE)(self._logp_uncached)
+        self._log_weights = lru_cache(maxsize=_CACHE_SIZE)(self._log_weights_uncached)
+
+    @staticmethod
+    def _tail(ctx: str, m: CharNgramLM) -> str:
+        # A BOS-padded context of the longest order ends with every shorter model's context.
+        return ctx[len(ctx) - m.order + 1:] if m.order > 1 else ""
+
+    def _log_weights_uncached(self, ctx: str) -> tuple:
+        """Posterior log-weights of the parts given the last ``window`` characters of ``ctx``."""
+        scores = list(self._log_priors)
+        for j in range(len(ctx) - self.window, len(ctx)):
+            if ctx[j] == BOS:
+                continue  # before the start of the text: no evidence
+            hist = ctx[:j]
+            for i, (m, _) in enumerate(self.parts):
+                scores[i] += math.log(m._prob(self._tail(hist, m), ctx[j])) * self._inv_temp
+        top = max(scores)
+        norm = top + math.log(sum(math.exp(s - top) for s in scores))
+        return tuple(s - norm for s in scores)
 
     def _logp_uncached(self, ctx: str, c: str) -> float:
-        # A BOS-padded context of the longest order ends with every shorter model's context.
-        return math.log(sum(w * m._prob(ctx[len(ctx) - m.order + 1:] if m.order > 1 else "", c)
-                            for m, w in self.parts))
+        logw = self._log_weights(ctx) if self.window else self._log_priors
+        return math.log(sum(math.exp(lw) * m._prob(self._tail(ctx, m), c)
+                            for (m, _), lw in zip(self.parts, logw)))
 
     def logp(self, ctx: str, c: str) -> float:
         return self._logp(ctx, c)

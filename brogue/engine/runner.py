@@ -153,7 +153,8 @@ class StreamingRunner:
             domain = self._slot_lms.get(slot)  # one read: the bank's loader thread may change it
             if domain is not None:
                 dom, w = domain
-                lm = MixedLM([(self.lm, 1 - w), (dom, w)])
+                cfg = self.beam_config
+                lm = MixedLM([(self.lm, 1 - w), (dom, w)], cfg.domain_window, cfg.domain_temperature)
             s = self._searchers[slot] = CTCBeamSearch(self.detok.lm_surfaces(), self.blank, lm, self.beam_config)
         return s
 
