@@ -324,6 +324,8 @@ def adapt(
     replay_fraction: float = typer.Option(0.25, help="Share of the training rows drawn from --replay."),
     domain_lm: float = typer.Option(0.0, help="Store the manifest's sentences as the adapter's domain LM, "
                                               "mixed into the model's LM at this weight (0: none)."),
+    speed_perturb: float = typer.Option(0.0, help="Play most training clips at a random speed in 1 +- this "
+                                                  "(more apparent speakers; 0: off)."),
 ):
     """Train one tenant's LinearAdapter (base frozen) and write a validated adapter-store entry."""
     from brogue.export.adapt import train_adapter
@@ -331,7 +333,8 @@ def adapt(
     try:
         r = train_adapter(model, train, name, store=store, dim=dim, steps=steps, batch_size=batch_size, lr=lr,
                           version=version, kind=kind, description=description, accelerator=accelerator,
-                          replay=replay, replay_fraction=replay_fraction, domain_lm=domain_lm)
+                          replay=replay, replay_fraction=replay_fraction, domain_lm=domain_lm,
+                          speed_perturb=speed_perturb)
     except (FileNotFoundError, ValueError, FileExistsError) as e:
         _fail(str(e))
     console.print(f"trained {r.steps} steps on {r.train_hours * 60:.1f} min of audio in {r.seconds:.0f} s "

@@ -31,10 +31,16 @@ class AdaptResult:
     peak_rss_mb: int
 
 
-def _data_config(model, manifest: Path, batch_size: int, max_duration: float) -> dict:
-    cfg = {"manifest_filepath": str(manifest), "sample_rate": int(model.cfg.sample_rate), "batch_size": batch_size,
+def _data_config(model, manifest: Path, batch_size: int, max_duration: float, speed_perturb: float = 0.0) -> dict:
+    rate = int(model.cfg.sample_rate)
+    cfg = {"manifest_filepath": str(manifest), "sample_rate": rate, "batch_size": batch_size,
            "shuffle": True, "max_duration": max_duration, "min_duration": 0.1, "num_workers": 0,
            "pin_memory": False, "trim_silence": False}
+    if speed_perturb:
+        # NeMo's speed perturbation (resampling: tempo, pitch and formants move together, as with a
+        # longer or shorter vocal tract): each clip is played at one of 5 rates in 1 +- speed_perturb.
+        cfg["augmentor"] = {"speed": {"prob": 0.8, "sr": rate, "resample_type": "scipy", "num_rates": 5,
+                                      "min_speed_rate": 1 - speed_perturb, "max_speed_rate": 1 + speed_perturb}}
     if "tokenizer" not in model.cfg:  # character vocabulary
         cfg["labels"] = list(model.cfg.labels)
     return cfg
@@ -112,6 +118,7 @@ def train_adapter(
     seed: int = 0,
     model=None,
     domain_lm: float = 0.0,
+    speed_perturb: float = 0.0,
 ) -> AdaptResult:
     """Train ``encoder:NAME`` for ``steps`` optimiser steps; publish it as ``STORE/NAME/VERSION``.
 
@@ -120,6 +127,8 @@ def train_adapter(
     loading ``model_path`` (it is modified: the adapter is added to it). ``domain_lm``: when
     above 0, the training manifest's sentences become the entry's domain LM, mixed at that weight
     into the model's LM for streams on this adapter (a domain adapter learns its words this way).
+    ``speed_perturb``: when above 0, most training clips are resampled to a speed in
+    ``1 +- speed_perturb`` (more apparent speakers, for a tenant who recorded only a few).
     """
     import tempfile
 
@@ -137,6 +146,8 @@ def train_adapter(
     AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
     if not 0 <= domain_lm < 1:
         raise ValueError(f"domain LM weight must be in [0, 1) (0: none), not {domain_lm}")
+    if not 0 <= speed_perturb < 0.5:
+        raise ValueError(f"speed perturbation must be in [0, 0.5) (0: none), not {speed_perturb}")
     train_manifest = Path(train_manifest)
     hours = _check_manifest(train_manifest)
     if replay is not None:
@@ -158,7 +169,8 @@ def train_adapter(
 
     with tempfile.TemporaryDirectory(prefix="brogue-adapt-") as tmp:
         manifest = Path(tmp) / "train_manifest.json"
-        training_manifest(train_manifest, manifest, Path(replay) if replay else None, replay_fraction, seed)
+        own, replayed = training_manifest(train_manifest, manifest, Path(replay) if replay else None,
+                                          replay_fraction, seed)
         losses: list[float] = []
 
         class Track(pl.Callback):
@@ -178,7 +190,8 @@ def train_adapter(
                  "sched": {"name": "CosineAnnealing", "warmup_steps": min(warmup, max(steps // 5, 0)),
                            "min_lr": lr / 50}})
         model.set_trainer(trainer)
-        model.setup_training_data(OmegaConf.create(_data_config(model, manifest, batch_size, max_duration)))
+        data = _data_config(model, manifest, batch_size, max_duration, speed_perturb)
+        model.setup_training_data(OmegaConf.create(data))
         model.setup_optimization(model.cfg.optim)
         t0 = time.time()
         trainer.fit(model)
@@ -188,10 +201,12 @@ def train_adapter(
         raise RuntimeError("the base weights changed during adapter training (they must stay frozen)")
     store = Path(store)
     lm_sentences = [r["text"] for r in read_manifest(train_manifest)] if domain_lm > 0 else None
+    mix = f", {own} rows + {replayed} replayed from {Path(replay).name}" if replayed else ""
+    aug = f", speed perturbation {speed_perturb:g}" if speed_perturb else ""
+    description = description or (f"LinearAdapter dim {dim}, {steps} steps on {train_manifest.name} "
+                                   f"({hours * 60:.1f} min of audio{mix}{aug}), {trainable} parameters")
     m = export_adapter(None, model=model, store=store, name=name, adapter=name, version=version, kind=kind,
-                       lm_sentences=lm_sentences, lm_weight=domain_lm or 0.5,
-                       description=description or f"LinearAdapter dim {dim}, {steps} steps on {train_manifest.name} "
-                                                  f"({hours * 60:.1f} min of audio), {trainable} parameters")
+                       lm_sentences=lm_sentences, lm_weight=domain_lm or 0.5, description=description)
     entry = store / m.name / m.version
     enc = model.encoder
     read_adapter(entry, BaseSpec(fingerprint=base_fp, n_layers=len(enc.layers), d_model=d_model, max_dim=dim))

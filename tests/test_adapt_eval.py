@@ -50,7 +50,8 @@ def test_adapt_trains_a_few_steps_and_stores_a_valid_entry(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the audio paths are relative to data/, the manifest's folder, not the cwd
     res = CliRunner().invoke(app, ["adapt", "--model", str(tmp_path / "tiny.nemo"), "--train", str(manifest),
                                    "--name", "tenant-a", "--dim", "8", "--steps", "3", "--batch-size", "2",
-                                   "--store", str(tmp_path / "store"), "--kind", "domain", "--domain-lm", "0.4"])
+                                   "--store", str(tmp_path / "store"), "--kind", "domain", "--domain-lm", "0.4",
+                                   "--speed-perturb", "0.1"])
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == "tenant-a@v1"
     entry = tmp_path / "store" / "tenant-a" / "v1"
@@ -63,6 +64,34 @@ def test_adapt_trains_a_few_steps_and_stores_a_valid_entry(tmp_path, monkeypatch
     assert w.manifest.lm["weight"] == 0.4
     assert w.down.shape == (2, 8, 64) and w.up.shape == (2, 64, 8)
     assert np.abs(w.up).max() > 0, "the adapter's up projection starts at zero and must have trained"
+
+
+@pytest.mark.nemo
+def test_speed_perturbation_plays_clips_at_rates_within_the_range(tmp_path):
+    """--speed-perturb S: NeMo's augmentor, built from the data config, resamples each clip it picks
+    to one of five rates in [1 - S, 1 + S] (prob. 0.8), so a clip's length changes by that factor."""
+    from nemo.collections.asr.parts.preprocessing.perturb import process_augmentations
+    from nemo.collections.asr.parts.preprocessing.segment import AudioSegment
+    from omegaconf import OmegaConf
+
+    from brogue.export.adapt import _data_config, train_adapter
+
+    class Model:  # what _data_config reads of a NeMo model
+        cfg = OmegaConf.create({"sample_rate": 16000, "labels": list(" abc")})
+
+    assert "augmentor" not in _data_config(Model(), tmp_path / "m.json", 4, 16.0)
+    aug = process_augmentations(_data_config(Model(), tmp_path / "m.json", 4, 16.0, speed_perturb=0.2)["augmentor"])
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    lengths = set()
+    for _ in range(40):
+        seg = AudioSegment(x.copy(), 16000)
+        aug.perturb(seg)
+        lengths.add(len(seg.samples))
+    rates = {round(n / 16000, 2) for n in lengths}  # NeMo resamples to rate * sr: n * rate samples
+    assert 16000 in lengths and len(rates) >= 3, rates  # some clips untouched, several rates used
+    assert all(0.79 <= r <= 1.21 for r in rates), rates
+    with pytest.raises(ValueError, match="speed perturbation"):
+        train_adapter(tmp_path / "x.nemo", tmp_path / "m.json", "t", store=tmp_path / "s", speed_perturb=0.5)
 
 
 def test_replay_rows_are_mixed_in_at_the_given_fraction_with_absolute_paths(tmp_path):
