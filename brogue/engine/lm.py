@@ -185,7 +185,8 @@ class MixedLM(_CharLM):
         self._span = max(m.order for m, _ in parts)  # the longest part's order
         self.order = self._span + window
         self._log_priors = [math.log(w) for _, w in parts]
-        self._logp = lru_cache(maxsize=_CACHE_SIZE)(self._logp_uncached)
+        # No cache of logp itself: the beam search caches whole token extensions, and a cache here
+        # measured 30 hits in 182k calls. The parts' probabilities and the weights are cached.
         self._log_weights = lru_cache(maxsize=_CACHE_SIZE)(self._log_weights_uncached)
 
     @staticmethod
@@ -206,13 +207,10 @@ class MixedLM(_CharLM):
         norm = top + math.log(sum(math.exp(s - top) for s in scores))
         return tuple(s - norm for s in scores)
 
-    def _logp_uncached(self, ctx: str, c: str) -> float:
+    def logp(self, ctx: str, c: str) -> float:
         logw = self._log_weights(ctx) if self.window else self._log_priors
         return math.log(sum(math.exp(lw) * m._prob(self._tail(ctx, m), c)
                             for (m, _), lw in zip(self.parts, logw)))
-
-    def logp(self, ctx: str, c: str) -> float:
-        return self._logp(ctx, c)
 
 
 _loaded: dict = {}
