@@ -243,7 +243,7 @@ def adapters_push(
                                                    help="Refuse unless the served model has this fingerprint."),
     domain_lm: Optional[Path] = typer.Option(None, "--domain-lm", help="Sentences (.txt/.txt.gz) for the "
                                                                         "adapter's domain LM (an entry's own goes along)."),
-    domain_lm_weight: float = typer.Option(0.0, help="Its weight in the mix with the model's LM (0: 0.5)."),
+    domain_lm_weight: float = typer.Option(0.0, help="Its prior weight in the mix with the model's LM (0: 0.5)."),
     admin: str = _ADMIN, token: Optional[str] = _TOKEN, tls_ca: Optional[Path] = _TLS_CA,
 ):
     """Validate an adapter on the gateway and add it to its store as NAME@VERSION."""
@@ -323,7 +323,7 @@ def adapt(
                                                      "on other speakers."),
     replay_fraction: float = typer.Option(0.25, help="Share of the training rows drawn from --replay."),
     domain_lm: float = typer.Option(0.0, help="Store the manifest's sentences as the adapter's domain LM, "
-                                              "mixed into the model's LM at this weight (0: none)."),
+                                              "mixed into the model's LM at this prior weight (0: none)."),
     speed_perturb: float = typer.Option(0.0, help="Play most training clips at a random speed in 1 +- this "
                                                   "(more apparent speakers; 0: off)."),
 ):
