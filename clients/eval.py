@@ -125,11 +125,23 @@ def make_runner(model_dir: str | Path, adapter: str | None, store: str | Path, s
     return runner, ref
 
 
-def transcribe(runner, audios: list[np.ndarray], slot: int, batch: int = 16) -> list[str]:
+def transcribe(runner, audios: list[np.ndarray], slot: int, batch: int = 16, chunks: list | None = None) -> list[str]:
+    """Stream ``audios`` on bank ``slot``, ``batch`` at a time; return their texts. ``chunks``: a
+    list to which each utterance's per-chunk head outputs are appended, in order (the runner must
+    have ``keep_outputs``)."""
     out = []
     for i in range(0, len(audios), batch):
-        states = runner.transcribe(audios[i:i + batch], [slot] * len(audios[i:i + batch]))
+        part = audios[i:i + batch]
+        kept: dict = {j: [] for j in range(len(part))}
+
+        def keep(res, kept=kept):
+            for sid, o in res.items():
+                kept[sid] += o.outputs
+
+        states = runner.transcribe(part, [slot] * len(part), on_step=keep if chunks is not None else None)
         out += [runner.detok.decode(s.tokens) for s in states]
+        if chunks is not None:
+            chunks += [kept[j] for j in range(len(part))]
     return out
 
 

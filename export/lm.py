@@ -59,25 +59,14 @@ def sentences_from(paths, exclude: set[str] | None = None) -> list[str]:
 def _dev_outputs(model_dir: Path, manifest: Path, limit: int | None):
     """Stream the dev manifest once, greedily; keep each utterance's per-chunk log-probabilities
     (the beam search is then replayed on them chunk by chunk, committing as it does when served)."""
-    from brogue.clients.eval import load_audio, read_manifest
+    from brogue.clients.eval import load_audio, read_manifest, transcribe
     from brogue.engine.runner import StreamingRunner
 
     runner = StreamingRunner(model_dir, decoder="greedy", keep_outputs=True)
     rows = read_manifest(manifest, limit)
     audios = [load_audio(r["audio_filepath"], runner.meta.mel.sample_rate) for r in rows]
     chunks: list[list[np.ndarray]] = []
-    greedy: list[str] = []
-    for i in range(0, len(audios), 16):
-        batch = audios[i:i + 16]
-        parts: dict = {j: [] for j in range(len(batch))}
-
-        def keep(res, parts=parts):
-            for sid, o in res.items():
-                parts[sid] += o.outputs
-
-        states = runner.transcribe(batch, on_step=keep)
-        chunks += [parts[j] for j in range(len(batch))]
-        greedy += [runner.detok.decode(st.tokens) for st in states]
+    greedy = transcribe(runner, audios, 0, chunks=chunks)
     return runner, [r["text"] for r in rows], chunks, greedy
 
 

@@ -239,7 +239,8 @@ def _check_lm_fields(lm: dict, origin: str) -> None:
         v = lm[key]
         ok = isinstance(v, type_) or (type_ is float and isinstance(v, int))  # JSON may write 1.0 as 1
         if not ok or isinstance(v, bool):
-            raise AdapterError("manifest", f"{origin}: lm field {key!r} must be {type_.__name__}, got {type(v).__name__}")
+            raise AdapterError("manifest",
+                               f"{origin}: lm field {key!r} must be {type_.__name__}, got {type(v).__name__}")
     if lm["file"] != LM_FILE:
         raise AdapterError("manifest", f"{origin}: lm file must be {LM_FILE!r}, not {lm['file']!r}")
     if not _SHA256_RE.fullmatch(lm["sha256"]):
@@ -487,14 +488,7 @@ def read_adapter(entry_dir: str | os.PathLike, base: BaseSpec | None) -> Adapter
     lm_path = None
     if manifest.lm:
         lm_path = entry / LM_FILE
-        if not lm_path.is_file():
-            raise AdapterError("missing", f"{lm_path}: the manifest names a domain LM, but the file is missing")
-        blob = lm_path.read_bytes()
-        if len(blob) != manifest.lm["size_bytes"]:
-            raise AdapterError("truncated", f"{lm_path}: {len(blob)} bytes, {MANIFEST_FILE} says "
-                                            f"{manifest.lm['size_bytes']}")
-        if hashlib.sha256(blob).hexdigest() != manifest.lm["sha256"]:
-            raise AdapterError("hash_mismatch", f"{lm_path}: SHA-256 differs from {MANIFEST_FILE}")
+        _verify_lm(lm_path, manifest.lm)
     return AdapterWeights(manifest, **arrays, lm_path=lm_path)
 
 
@@ -562,22 +556,36 @@ def _read_tensor_bytes(path: Path, manifest: Manifest) -> bytes:
         head = f.read(9)
         if len(head) == 9 and head[8:9] != b"{":
             raise _foreign(path, head)
-        size = os.fstat(f.fileno()).st_size
-        if size != manifest.size_bytes:
-            raise AdapterError(
-                "truncated",
-                f"{path}: file has {size} bytes, the manifest says {manifest.size_bytes}: "
-                "it was cut short or changed",
-            )
+        _check_size(path, os.fstat(f.fileno()).st_size, manifest.size_bytes)
         data = head + f.read()
+    _check_hash(path, data, manifest.sha256)
+    return data
+
+
+def _verify_lm(path: Path, lm: dict) -> None:
+    """Check a domain LM file's presence, size and SHA-256 against ``manifest.lm``."""
+    if not path.is_file():
+        raise AdapterError("missing", f"{path}: the manifest names a domain LM, but the file is missing")
+    data = path.read_bytes()
+    _check_size(path, len(data), lm["size_bytes"])
+    _check_hash(path, data, lm["sha256"])
+
+
+def _check_size(path: Path, size: int, declared: int) -> None:
+    if size != declared:
+        raise AdapterError(
+            "truncated", f"{path}: file has {size} bytes, the manifest says {declared}: it was cut short or changed"
+        )
+
+
+def _check_hash(path: Path, data: bytes, declared: str) -> None:
     digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest.sha256:
+    if digest != declared:
         raise AdapterError(
             "hash_mismatch",
-            f"{path}: SHA-256 is {digest[:12]}…, the manifest says {manifest.sha256[:12]}…: "
+            f"{path}: SHA-256 is {digest[:12]}…, the manifest says {declared[:12]}…: "
             "the file was modified or corrupted",
         )
-    return data
 
 
 def _foreign(path: Path, head: bytes) -> AdapterError:

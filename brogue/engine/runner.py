@@ -84,6 +84,10 @@ class StreamingRunner:
         self.bank = BankTensors.for_model(self.meta, slots)
         self.encoder = Encoder(self.meta, self.bank, provider, threads, device_id)
         self.detok = Detokenizer(self.meta.tokens, self.meta.vocab_kind)
+        self._frame_seconds = self.meta.frame_seconds  # per emitted token: not rebuilt from model.json
+        self._lm_surfaces = self.detok.lm_surfaces()  # each token's text as an LM scores it
+        # The characters this model can write: every LM it decodes with counts them as seen.
+        self.lm_alphabet = "".join(sorted(set("".join(self._lm_surfaces))))
         self.blank = self.meta.blank_id
         self._mel_kernel = _Kernel(self.meta.mel)
         self.rnnt = None
@@ -114,11 +118,6 @@ class StreamingRunner:
                              "add one with `brogue lm`")
         self.lm = load_lm(self.meta.root / spec["file"], int(spec["order"]), alphabet=self.lm_alphabet)
         self.beam_config = BeamConfig.from_dict(spec)
-
-    @property
-    def lm_alphabet(self) -> str:
-        """The characters this model can write: every LM it decodes with counts them as seen."""
-        return "".join(sorted(set("".join(self.detok.lm_surfaces()))))
 
     @property
     def decoder(self) -> str:
@@ -155,7 +154,7 @@ class StreamingRunner:
                 dom, w = domain
                 cfg = self.beam_config
                 lm = MixedLM([(self.lm, 1 - w), (dom, w)], cfg.domain_window, cfg.domain_temperature)
-            s = self._searchers[slot] = CTCBeamSearch(self.detok.lm_surfaces(), self.blank, lm, self.beam_config)
+            s = self._searchers[slot] = CTCBeamSearch(self._lm_surfaces, self.blank, lm, self.beam_config)
         return s
 
     # -- streams ---------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ class StreamingRunner:
 
     def _emit(self, st: StreamState, d: Decoded, o: StepOutput) -> None:
         """Append decoded tokens (frames relative to the stream's current chunk) to its output."""
-        fs = self.meta.frame_seconds
+        fs = self._frame_seconds
         o.tokens += d.tokens
         o.times += [round((st.frames_out + f) * fs, 4) for f in d.frames]
         o.confidences += d.confidences
