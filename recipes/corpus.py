@@ -12,6 +12,10 @@ plus ``voice``/``engine`` fields) and 16 kHz mono 16-bit WAVs:
 Sentences come from wordnet-base examples, normalised to the model's vocabulary (" a-z'"). Test
 sentences are never used for training; test splits use speaker variants unseen in training.
 The base set holds general (US) English only: no accent voice and no medical term is in it.
+Each accent set is one accent in many espeak-ng speaker variants (test variants held out):
+en-gb-scotland, en-029, and two made by mapping en-us phonemes onto another language's voice,
+Indian English (the Hindi voice) and German English (the German voice; its training split adds
+the five mbrola German voices reading English and pico de-DE as further speakers).
 See ``shared/notes/speech-data.md`` for the measured facts behind the voice choices.
 """
 
@@ -140,16 +144,25 @@ def medical_sentences(rng: random.Random, terms: list[str], n: int, templates: l
 
 
 # ----------------------------------------------------------------------------- voices
-# Indian-English accent: en-us phonemes (espeak mnemonics) mapped onto the Hindi voice's phonemes.
+# Accents by phoneme mapping: en-us phonemes (espeak mnemonics, ``espeak-ng -x``) mapped onto another
+# language's voice, which then speaks them (``espeak-ng -v hi|de "[[...]]"``), in every speaker variant.
 _PH_TOKENS = sorted(["aI@", "aU@", "3:", "A:", "A@", "O:", "OI", "o@", "oU", "aI", "aU", "eI", "e@", "E@", "i@",
                      "I@", "U@", "u:", "i:", "@2", "@5", "@L", "I2", "a#", "tS", "dZ", "l-", "n-", "m-", "r-", "t#",
-                     "i@3"], key=len, reverse=True)
+                     "i@3", "O2"], key=len, reverse=True)
+# Indian English: retroflex t/d, th -> aspirated t / d, w -> v, monophthong eI/oU, tapped r.
 _HI_MAP = {"t": "t.", "d": "d.", "T": "t#", "D": "d", "w": "v", "eI": "e:", "oU": "o:", "3:": "@r", "3": "@r",
            "A:": "a:", "A@": "a:r", "0": "O", "o@": "o:r", "e@": "e:r", "i@": "i:r", "I2": "I", "a#": "a",
            "*": "d.", "r-": "@r", "i@3": "i:r", "aI@": "aI@r", "aU@": "aU@r", "U@": "u:r", "E@": "e:r"}
+# German English: th -> s / z, w -> v, ae -> E, the German (uvular, vocalised) r, monophthong eI/oU,
+# no flap, and final devoicing (_DE_DEVOICE on each word's last consonant).
+_DE_MAP = {"T": "s", "D": "z", "w": "v", "a": "E", "A@": "A:3", "0": "O", "O2": "O", "O:": "o:", "V": "a",
+           "@2": "@", "@5": "@", "a#": "a", "I2": "I", "i": "i:", "3:": "W3", "eI": "e:", "oU": "o:", "OI": "OY",
+           "e@": "E:3", "E@": "E:3", "i@": "i:3", "I@": "i:3", "U@": "u:3", "o@": "o:3", "i@3": "i:3",
+           "aI@": "aI3", "aU@": "aU3", "*": "t", "t#": "t", "@L": "@l", "l-": "l", "n-": "n", "m-": "m", "r-": "3"}
+_DE_DEVOICE = {"b": "p", "d": "t", "g": "k", "z": "s", "v": "f", "dZ": "tS"}
 
 
-def indian_phonemes(text: str) -> str:
+def _mapped_phonemes(text: str, table: dict[str, str], devoice: dict[str, str] | None = None) -> str:
     ph = subprocess.run(["espeak-ng", "-v", "en-us", "-x", "-q", text], capture_output=True, text=True,
                         check=True).stdout
     out = []
@@ -161,10 +174,22 @@ def indian_phonemes(text: str) -> str:
                     break
             else:
                 tok = word[i]
-            toks.append(_HI_MAP.get(tok, tok))
+            toks.append(table.get(tok, tok))
             i += len(tok)
+        if devoice:
+            last = next((j for j in range(len(toks) - 1, -1, -1) if toks[j] not in ("'", ",", "_", ":")), None)
+            if last is not None:
+                toks[last] = devoice.get(toks[last], toks[last])
         out.append("".join(toks))
     return " ".join(out)
+
+
+def indian_phonemes(text: str) -> str:
+    return _mapped_phonemes(text, _HI_MAP)
+
+
+def german_phonemes(text: str) -> str:
+    return _mapped_phonemes(text, _DE_MAP, _DE_DEVOICE)
 
 
 def synth_raw(engine: str, voice: str, text: str, raw: Path, speed: int, pitch: int) -> None:
@@ -172,9 +197,9 @@ def synth_raw(engine: str, voice: str, text: str, raw: Path, speed: int, pitch: 
     run = lambda cmd: subprocess.run(cmd, check=True, capture_output=True, timeout=120)  # noqa: E731
     if engine == "espeak":
         run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), text])
-    elif engine == "espeak-hi":
-        run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw),
-             f"[[{indian_phonemes(text)}]]"])
+    elif engine in ("espeak-hi", "espeak-de"):
+        mapped = indian_phonemes(text) if engine == "espeak-hi" else german_phonemes(text)
+        run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), f"[[{mapped}]]"])
     elif engine == "flite":
         run(["flite", "-voice", voice, "-t", text, "-o", str(raw)])
     elif engine == "festival":
@@ -234,9 +259,15 @@ def accent_voices(accent: str, split: str):
     if accent == "indian":
         return [("espeak-hi", f"hi+{v}", 1.0) for v in var]
     if accent == "german":
+        # Like the Indian set: one accent (the German voice speaking mapped en-us phonemes) in every
+        # speaker variant, test variants held out. Training adds the five mbrola German voices
+        # reading English and pico de-DE as further speakers. pico keeps exactly the last quarter
+        # of the weight, as when the set had four voices: its rows (and only they) draw sox tempo
+        # and pitch, so every split planned after this one keeps its voices and random draws.
         if split == "train":
-            return [("espeak", v, 1.0) for v in ("mb-de1-en", "mb-de2-en", "mb-de4-en")] + [("pico", "de-DE", 1.0)]
-        return [("espeak", v, 1.0) for v in ("mb-de5-en", "mb-de6-en")]
+            return ([("espeak-de", f"de+{v}", 2.1 / len(var)) for v in var]
+                    + [("espeak", f"mb-de{n}-en", 0.18) for n in (1, 2, 4, 5, 6)] + [("pico", "de-DE", 1.0)])
+        return [("espeak-de", f"de+{v}", 1.0) for v in var]
     raise ValueError(accent)
 
 

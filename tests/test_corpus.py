@@ -1,0 +1,92 @@
+"""recipes/corpus.py: the accent voices (phoneme mapping onto another language's espeak-ng voice)
+and the voice pools' invariants. Needs the espeak-ng and sox binaries (.ci/run installs them);
+the full corpus (mbrola, pico, Festival, 11 hours) is built by `brogue corpus`, not here."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recipes import corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _binaries():
+    missing = [b for b in ("espeak-ng", "sox") if shutil.which(b) is None]
+    assert not missing, f"{missing} not installed (apt-get install espeak-ng sox)"
+
+
+def words(ph: str) -> list[str]:
+    return ph.split()
+
+
+def test_german_accent_maps_th_w_and_devoices_final_consonants():
+    en = corpus._mapped_phonemes("the thin wet dog was big", {})  # identity: the en-us phonemes
+    de = corpus.german_phonemes("the thin wet dog was big")
+    assert en.split()[0].startswith("D") and en.split()[1].startswith("T")
+    the, thin, wet, dog, was, big = words(de)
+    assert the.startswith("z") and thin.startswith("s")  # th -> z / s
+    assert wet.startswith("v") and was.startswith("v")  # w -> v
+    assert dog.endswith("k") and big.endswith("k") and was.endswith("s")  # final devoicing
+    assert "d" in dog and "b" in big  # ... of the final consonant only
+
+
+def test_indian_accent_maps_th_and_w_without_devoicing():
+    the, thin, wet, dog = words(corpus.indian_phonemes("the thin wet dog"))
+    assert the.startswith("d") and thin.startswith("t#")  # th -> d / aspirated t
+    assert wet.startswith("v")
+    assert dog.endswith("g")
+
+
+def test_mapping_keeps_stress_marks_and_word_count():
+    text = "someone should vet this report before it goes out"
+    for f in (corpus.indian_phonemes, corpus.german_phonemes):
+        ph = f(text)
+        assert len(ph.split()) == len(corpus._mapped_phonemes(text, {}).split())
+        assert "'" in ph
+
+
+@pytest.mark.parametrize("engine,voice", [("espeak-de", "de+m3"), ("espeak-hi", "hi+f2")])
+def test_a_mapped_accent_voice_synthesises_a_16k_clip(tmp_path, engine, voice):
+    import soundfile as sf
+
+    rel = "x/00000.wav"
+    (tmp_path / "x").mkdir()
+    job = {"path": str(tmp_path / rel), "rel": rel, "engine": engine, "voice": voice,
+           "text": "the weather was very good", "speed": 160, "pitch": 50, "tempo": 1.0, "cents": 0,
+           "pad": (0.1, 0.2)}
+    row = corpus._job(job)
+    assert row is not None, "synthesis failed (see stderr)"
+    info = sf.info(tmp_path / rel)
+    assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+    assert info.duration == pytest.approx(row["duration"], abs=1e-3)
+    assert 1.0 < info.duration < 4.0
+    assert row["voice"] == f"{engine}:{voice}"
+
+
+def test_german_sets_vary_speakers_and_hold_out_the_test_variants():
+    train, test = corpus.accent_voices("german", "train"), corpus.accent_voices("german", "test")
+    train_voices = {v for _, v, _ in train}
+    assert {v for _, v, _ in test} == {f"de+{v}" for v in corpus.ESPEAK_TEST_VARIANTS}
+    assert not train_voices & {v for _, v, _ in test}
+    assert sum(e == "espeak-de" for e, _, _ in train) == len(corpus.ESPEAK_TRAIN_VARIANTS)
+
+
+def test_german_train_pool_draws_tempo_on_the_same_rows_as_the_four_voice_pool(tmp_path):
+    """The pool's rng draws must not move: only pico rows draw sox tempo and pitch, so pico keeps
+    the last quarter of the weight, as in the four-voice pool, and every split planned after this
+    one keeps its audio."""
+    old = [("espeak", v, 1.0) for v in ("mb-de1-en", "mb-de2-en", "mb-de4-en")] + [("pico", "de-DE", 1.0)]
+    new = corpus.accent_voices("german", "train")
+    sentences = [f"sentence {i}" for i in range(2000)]
+    a = corpus.make_jobs("g", sentences, old, random.Random(5), tmp_path)
+    b = corpus.make_jobs("g", sentences, new, random.Random(5), tmp_path)
+    assert [j["engine"] == "pico" for j in a] == [j["engine"] == "pico" for j in b]
+    assert [(j["speed"], j["pitch"], j["tempo"], j["cents"], j["pad"]) for j in a] == \
+        [(j["speed"], j["pitch"], j["tempo"], j["cents"], j["pad"]) for j in b]
