@@ -39,5 +39,5 @@ for entry in scottish:accent:0:0.5:150 caribbean:accent:0:0.85:150 indian:accent
 done
 python recipes/report.py --data "$DATA"                      # README table + recipes/accuracy.json
 python recipes/check_streaming.py --nemo model_repo/demo.nemo --model-dir model_repo/exported/demo \
-  --manifest "$DATA/base_test.json" --limit 40 --json recipes/streaming_parity.json
+  --data "$DATA" --limit 0 --json recipes/streaming_parity.json   # ONNX vs NeMo streaming, every split (~2 min)
 python recipes/test_clips.py --data "$DATA"                  # tests/data/demo

@@ -153,3 +153,30 @@ def test_the_committed_model_repository_serves_the_demo_with_its_lms_in_tritonse
         assert list(served[s]) == st.tokens, s
         differs.append(st.tokens != gst.tokens)
     assert any(differs), "LM decoding gave the greedy transcripts: is the server decoding with the LM?"
+
+
+def test_the_committed_adapters_stream_as_in_nemo():
+    """The committed demo.nemo with each committed adapter-store entry loaded back into a NeMo
+    LinearAdapter (recipes/check_streaming.py) streams its set's clip to the same tokens as the
+    exported model with the entry in its bank: the store entries are NeMo's adapters, exactly."""
+    import sys
+
+    from brogue.clients.eval import load_audio, make_runner
+    from brogue.export.nemo_export import load_nemo
+    from nemo_reference import nemo_streaming
+
+    sys.path.insert(0, str(REPO))
+    from recipes.check_streaming import load_entry_into_nemo
+
+    rows = {r["set"]: r for r in _clips()}
+    changed = 0
+    for name in ADAPTERS:
+        audio = load_audio(str(CLIPS / rows[name]["audio_filepath"]), 16000)
+        runner, ref = make_runner(MODEL_DIR, f"{name}@v1", STORE, decoder="greedy")
+        (base_st, st) = runner.transcribe([audio, audio], [0, 1])
+        model = load_nemo(REPO / "model_repo" / "demo.nemo")
+        load_entry_into_nemo(model, STORE, ref)
+        tokens, _ = nemo_streaming(model, audio)
+        assert st.tokens == tokens, name
+        changed += st.tokens != base_st.tokens
+    assert changed == len(ADAPTERS), "an adapter left its clip's tokens as the base model's"
