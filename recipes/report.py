@@ -123,7 +123,10 @@ def main(argv=None):
         checks = make_checks(splits_res)
         res.setdefault("tables", {})[decoder] = table
         res.setdefault("checks", {})[decoder] = checks
+        voices = ", ".join(f"{f} {pct(v['wer'])} ({v['utterances']})"
+                           for f, v in splits_res["base"]["base"].get("by_voice", {}).items())
         blocks += [f"**{TITLES[decoder]}**", "", table, "", f"Base test split with each adapter enabled: {each}.", "",
+                   f"Base test split by voice, base model alone (WER, utterances): {voices}.", "",
                    "Every adapter on every split (rows: test split; columns: adapter; bold: the split's own):", "",
                    make_matrix(splits_res), "", *[f"- {c}" for c in checks], ""]
     a.out.write_text(json.dumps(res, indent=1) + "\n")
@@ -152,13 +155,16 @@ def evaluate_splits(runner, splits, rows, ps, slot, refs, decoder):
         hours = sum(len(x) for x in audios) / rate / 3600
         d = {"utterances": len(texts), "minutes": round(hours * 60, 1)}
 
-        def run(sl):
+        def run(sl, by_voice=False):
             hyps = transcribe(runner, audios, sl)
             w, c = error_rates(texts, hyps)
-            return {"wer": w, "cer": c, "examples": list(zip(texts[:3], hyps[:3]))}
+            got = {"wer": w, "cer": c, "examples": list(zip(texts[:3], hyps[:3]))}
+            if by_voice:
+                got["by_voice"] = by_voice_family(rows[s], texts, hyps)
+            return got
 
         t0 = time.time()
-        d["base"] = run(0)
+        d["base"] = run(0, by_voice=s == "base")
         if s in ADAPTED or s == "base":
             d["with_each_adapter"] = {n: run(slot[n]) | {"name": refs[n]} for n in ADAPTED}
         if s in ADAPTED:
@@ -195,6 +201,26 @@ def make_table(res_splits) -> tuple[str, str]:
     b = res_splits["base"]
     each = ", ".join(f"{n} {pct(v['wer'])}" for n, v in b["with_each_adapter"].items())
     return "\n".join(lines), each
+
+
+def voice_family(voice: str) -> str:
+    """"espeak:en-us+m7" -> "espeak-ng en-us"; "espeak:mb-us1" -> "mbrola (via espeak-ng)";
+    "festival:kal_diphone" -> "festival"."""
+    engine, _, name = voice.partition(":")
+    if engine == "espeak":
+        return "mbrola (via espeak-ng)" if name.startswith("mb-") else "espeak-ng " + name.split("+")[0]
+    return engine or "unknown"
+
+
+def by_voice_family(rows: list[dict], texts: list[str], hyps: list[str]) -> dict:
+    """WER per voice family, from the manifest's ``voice`` field (the corpus recipe writes it)."""
+    from brogue.clients.eval import error_rates
+
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(voice_family(r.get("voice", "")), []).append(i)
+    return {f: {"utterances": len(ix), "wer": error_rates([texts[i] for i in ix], [hyps[i] for i in ix])[0]}
+            for f, ix in sorted(groups.items())}
 
 
 def best_wrong(d: dict, split: str) -> dict:

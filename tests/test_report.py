@@ -79,3 +79,14 @@ def test_table_and_matrix_rows():
     assert matrix[2] == "| base | 20.0% | 21.0% | 21.0% | 21.0% | 21.0% | 21.0% |"
     assert matrix[3] == "| scottish | 80.0% | **40.0%** | 85.0% | 85.0% | 85.0% | 85.0% |"
     assert len(matrix) == 2 + 1 + len(NAMES)  # base_ffp has no adapter runs
+
+
+def test_voice_families_group_variants_and_engines():
+    assert report.voice_family("espeak:en-us+m7") == report.voice_family("espeak:en-us+klatt4") == "espeak-ng en-us"
+    assert report.voice_family("espeak:en-us-nyc+f4") == "espeak-ng en-us-nyc"
+    assert report.voice_family("espeak:mb-us1") == "mbrola (via espeak-ng)"
+    assert report.voice_family("festival:kal_diphone") == "festival"
+    rows = [{"voice": "espeak:en-us+m7"}, {"voice": "flite:slt"}, {"voice": "espeak:en-us+f4"}, {}]
+    got = report.by_voice_family(rows, ["a b", "c d", "e f", "g h"], ["a b", "c x", "e f", ""])
+    assert got == {"espeak-ng en-us": {"utterances": 2, "wer": 0.0}, "flite": {"utterances": 1, "wer": 0.5},
+                   "unknown": {"utterances": 1, "wer": 1.0}}
