@@ -55,7 +55,7 @@ def test_checks_flag_a_split_whose_own_adapter_is_not_the_best():
     res = results({n: 0.4 for n in NAMES}, other=0.85)
     res["german"]["with_each_adapter"]["medical"]["wer"] = 0.3
     checks = report.make_checks(res)
-    assert "german's own adapter is the best of all five on its split: no (medical is)" in checks
+    assert "german's own adapter is the best of all 5 on its split: no (medical is)" in checks
 
 
 def test_cut_harm_and_base_targets():
