@@ -1,35 +1,9 @@
-"""Per-tenant LinearAdapters: the on-disk entry format of the adapter store (:mod:`.format`)."""
+"""Per-tenant LinearAdapters: the on-disk entry format of the adapter store (:mod:`.format`).
 
-from brogue.adapters.format import (
-    FORMAT,
-    MANIFEST_FILE,
-    TENSOR_NAMES,
-    TENSORS_FILE,
-    AdapterError,
-    AdapterRef,
-    AdapterWeights,
-    BaseSpec,
-    Manifest,
-    content_hash,
-    publish_adapter,
-    read_adapter,
-    validate_arrays,
-    write_adapter,
-)
+The package re-exports exactly :data:`brogue.adapters.format.__all__`.
+"""
 
-__all__ = [
-    "FORMAT",
-    "MANIFEST_FILE",
-    "TENSORS_FILE",
-    "TENSOR_NAMES",
-    "AdapterError",
-    "AdapterRef",
-    "AdapterWeights",
-    "BaseSpec",
-    "Manifest",
-    "content_hash",
-    "publish_adapter",
-    "read_adapter",
-    "validate_arrays",
-    "write_adapter",
-]
+from brogue.adapters import format as _format
+from brogue.adapters.format import *  # noqa: F403 - the names in format.__all__
+
+__all__ = list(_format.__all__)
