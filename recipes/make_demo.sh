@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole demo-model recipe, in order: corpus -> base model -> export -> character LM -> adapters -> table.
 # Usage: recipes/make_demo.sh [DATA_DIR]   (default /work/data; the corpus is not committed)
-# On 2 CPU cores: ~14 min corpus (12.7 h of audio), 80 + 90 + 95 min base training (three wall-clock budgets: from
-# scratch, then twice continued from the last model with a fresh warm-up and cosine), ~2 min per adapter, ~10 min
+# On 2 CPU cores: ~14 min corpus (12.9 h of audio), 80 + 90 + 95 min base training (three wall-clock budgets: from
+# scratch, then twice continued from the last model with a fresh warm-up and cosine), 2-4 min per adapter, ~10 min
 # evaluation.
 # Run from the repository root with the venv active (or .venv/bin on PATH).
 set -euo pipefail
