@@ -29,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -286,6 +287,12 @@ class TritonProcess:
             raise RuntimeError("this TritonProcess is not started")
         return self._process.wait()
 
+    def poll(self) -> int | None:
+        """The server's exit code if it has exited, else None (never blocks)."""
+        if self._process is None:
+            raise RuntimeError("this TritonProcess is not started")
+        return self._process.poll()
+
     def stop(self, grace: float = 15.0) -> None:
         """Stop the server and clean up after it; safe to call more than once.
 
@@ -463,9 +470,15 @@ def serve_forever(model_repository: str | os.PathLike[str], *, timeout: float = 
         TritonServerError: the server did not start, or exited on its own (with its log tail).
     """
     server = TritonProcess(model_repository, **kwargs)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stop = threading.Event()
+    # While starting, SIGTERM unwinds like Ctrl-C. Once up, both only set `stop`: an exception
+    # raised inside Popen.wait() can leave its internal lock held, and stop()'s own wait then hangs.
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_keyboard_interrupt),
+                signal.SIGINT: signal.getsignal(signal.SIGINT)}
     try:
         server.start(timeout=timeout)
+        for sig in previous:
+            signal.signal(sig, lambda signum, frame: stop.set())
         print(f"Triton ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}")
         print(f"server log: {server.log_path}")
         try:
@@ -474,13 +487,17 @@ def serve_forever(model_repository: str | os.PathLike[str], *, timeout: float = 
         except ValueError:
             pass  # brogue is installed, not run from a checkout: no source to mount
         print("Ctrl-C to stop.", flush=True)
-        code = server.wait()
-        raise TritonServerError(f"tritonserver exited with code {code}; log tail:\n{server.log_tail()}")
+        while not stop.wait(0.5):
+            code = server.poll()
+            if code is not None:
+                raise TritonServerError(f"tritonserver exited with code {code}; log tail:\n{server.log_tail()}")
+        print("stopping tritonserver...", flush=True)
     except KeyboardInterrupt:
         print("stopping tritonserver...", flush=True)
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

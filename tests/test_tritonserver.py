@@ -189,25 +189,51 @@ def test_docker_command_mounts_the_checkout(tmp_path: Path) -> None:
     ]
 
 
-def test_serve_forever_stops_cleanly_on_sigterm(repository: Path) -> None:
+def _serve_forever_child(repository: Path) -> subprocess.Popen:
+    """``serve_forever`` in a child process, returned once it says it is ready."""
     code = (
         "from brogue.server.tritonserver import serve_forever; "
         f"serve_forever({str(repository)!r}, models=['add_one'])"
     )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    printed = []
+    while not printed or printed[-1] != "Ctrl-C to stop.\n":
+        line = child.stdout.readline()
+        if not line:
+            child.kill()
+            raise AssertionError(f"serve_forever ended early: {printed} {child.stderr.read()}")
+        printed.append(line)
+    assert printed[0].startswith("Triton ready: gRPC 127.0.0.1:")
+    assert any("tritonserver:24.10-py3" in line for line in printed)
+    return child
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_forever_stops_cleanly_on_sigterm_and_ctrl_c(repository: Path, sig: int) -> None:
     server_flag = f"--model-repository={repository}"
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = _serve_forever_child(repository)
     try:
-        printed = []
-        while not printed or printed[-1] != "Ctrl-C to stop.\n":
-            line = child.stdout.readline()
-            assert line, f"serve_forever ended early: {printed}"
-            printed.append(line)
-        assert printed[0].startswith("Triton ready: gRPC 127.0.0.1:")
-        assert any("tritonserver:24.10-py3" in line for line in printed)
         assert processes_mentioning(server_flag), "tritonserver should be running"
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=60) == 0
+        child.send_signal(sig)
+        assert child.wait(timeout=60) == 0, child.stderr.read()
         assert "stopping tritonserver" in child.stdout.read()
+    finally:
+        child.kill()
+        child.wait()
+    assert processes_mentioning(server_flag) == []
+
+
+def test_serve_forever_fails_when_tritonserver_dies(repository: Path) -> None:
+    """A server that exits on its own ends serve_forever with an error naming its exit code."""
+    server_flag = f"--model-repository={repository}"
+    child = _serve_forever_child(repository)
+    try:
+        for pid in processes_mentioning(server_flag):
+            if b"tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                os.kill(pid, signal.SIGKILL)
+        assert child.wait(timeout=60) != 0
+        assert "tritonserver exited with code -9" in child.stderr.read()
     finally:
         child.kill()
         child.wait()
