@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # nemo_reference: NeMo's own streaming, as the tests run it
 
 
 ADAPTED = ["scottish", "caribbean", "indian", "german", "medical"]
@@ -53,7 +54,10 @@ def main(argv=None):
         st = AdapterStore(a.store)
         pairs = [(a.data / "base_test.json", None)]
         pairs += [(a.data / f"{n}_test.json", f"{n}@{st.versions(n)[-1]}") for n in ADAPTED]
-    runs = [compare(a.nemo, a.model_dir, m, ad, a.store, a.limit or None) for m, ad in pairs]
+    from brogue.export.nemo_export import load_nemo
+
+    model = load_nemo(a.nemo)  # once: each entry is added to it once, then switched on alone
+    runs = [compare(model, a.model_dir, m, ad, a.store, a.limit or None) for m, ad in pairs]
     if a.json:
         a.json.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     bad = [r for r in runs if r["identical_transcripts"] != r["utterances"]]
@@ -61,13 +65,12 @@ def main(argv=None):
         raise SystemExit(f"{len(bad)} of {len(runs)} runs differ from NeMo")
 
 
-def compare(nemo: Path, model_dir: Path, manifest: Path, adapter: str | None, store: Path, limit: int | None) -> dict:
-    """Greedy streaming transcripts of ``manifest`` from Brogue and from NeMo; prints and returns the result."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from nemo_reference import nemo_streaming
+def compare(model, model_dir: Path, manifest: Path, adapter: str | None, store: Path, limit: int | None) -> dict:
+    """Greedy streaming transcripts of ``manifest`` from Brogue and from the NeMo ``model``; prints
+    and returns the result."""
+    from nemo_reference import nemo_streaming, use_adapter
 
     from brogue.clients.eval import error_rates, load_audio, make_runner, read_manifest, transcribe
-    from brogue.export.nemo_export import load_nemo
 
     rows = read_manifest(manifest, limit)
     audios = [load_audio(r["audio_filepath"], 16000) for r in rows]
@@ -76,9 +79,10 @@ def compare(nemo: Path, model_dir: Path, manifest: Path, adapter: str | None, st
     t0 = time.time()
     onnx_hyps = transcribe(runner, audios, 1 if ref else 0)
     t_onnx = time.time() - t0
-    model = load_nemo(nemo)
     if ref:
         load_entry_into_nemo(model, store, ref)
+    else:
+        use_adapter(model, None)
     t0 = time.time()
     nemo_hyps = []
     for x in audios:
@@ -99,25 +103,26 @@ def compare(nemo: Path, model_dir: Path, manifest: Path, adapter: str | None, st
 
 
 def load_entry_into_nemo(model, store: Path, ref: str) -> None:
-    """Give ``model`` a LinearAdapter holding the store entry's tensors, enabled alone."""
+    """Give ``model`` a LinearAdapter holding the store entry's tensors (once per name), enabled alone."""
     import torch
     from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
+    from nemo_reference import use_adapter
 
     from brogue.adapters import read_adapter
 
     name, version = ref.split("@")
-    w = read_adapter(store / name / version, None)
-    d, r = int(model.encoder.d_model), w.down.shape[1]
-    model.add_adapter(name=f"encoder:{name}", cfg=LinearAdapterConfig(in_features=d, dim=r))
-    with torch.no_grad():
-        for i, layer in enumerate(model.encoder.layers):
-            m = layer.adapter_layer[name].module  # LayerNorm, Linear(d, r), activation, Linear(r, d)
-            m[0].weight.copy_(torch.from_numpy(w.ln_weight[i]))
-            m[0].bias.copy_(torch.from_numpy(w.ln_bias[i]))
-            m[1].weight.copy_(torch.from_numpy(w.down[i]))
-            m[3].weight.copy_(torch.from_numpy(w.up[i]))
-    model.set_enabled_adapters(enabled=False)
-    model.set_enabled_adapters(name=f"encoder:{name}", enabled=True)
+    if name not in getattr(model.encoder.layers[0], "adapter_layer", {}):
+        w = read_adapter(store / name / version, None)
+        d, r = int(model.encoder.d_model), w.down.shape[1]
+        model.add_adapter(name=f"encoder:{name}", cfg=LinearAdapterConfig(in_features=d, dim=r))
+        with torch.no_grad():
+            for i, layer in enumerate(model.encoder.layers):
+                m = layer.adapter_layer[name].module  # LayerNorm, Linear(d, r), activation, Linear(r, d)
+                m[0].weight.copy_(torch.from_numpy(w.ln_weight[i]))
+                m[0].bias.copy_(torch.from_numpy(w.ln_bias[i]))
+                m[1].weight.copy_(torch.from_numpy(w.down[i]))
+                m[3].weight.copy_(torch.from_numpy(w.up[i]))
+    use_adapter(model, name)
     model.eval()
 
 

@@ -192,13 +192,16 @@ def german_phonemes(text: str) -> str:
     return _mapped_phonemes(text, _DE_MAP, _DE_DEVOICE)
 
 
+_MAPPED_ACCENTS = {"espeak-hi": indian_phonemes, "espeak-de": german_phonemes}  # engine -> phoneme mapping
+
+
 def synth_raw(engine: str, voice: str, text: str, raw: Path, speed: int, pitch: int) -> None:
     """Write engine output (any rate) to ``raw``."""
     run = lambda cmd: subprocess.run(cmd, check=True, capture_output=True, timeout=120)  # noqa: E731
     if engine == "espeak":
         run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), text])
-    elif engine in ("espeak-hi", "espeak-de"):
-        mapped = indian_phonemes(text) if engine == "espeak-hi" else german_phonemes(text)
+    elif engine in _MAPPED_ACCENTS:
+        mapped = _MAPPED_ACCENTS[engine](text)
         run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(raw), f"[[{mapped}]]"])
     elif engine == "flite":
         run(["flite", "-voice", voice, "-t", text, "-o", str(raw)])

@@ -169,12 +169,12 @@ def test_the_committed_adapters_stream_as_in_nemo():
     from recipes.check_streaming import load_entry_into_nemo
 
     rows = {r["set"]: r for r in _clips()}
+    model = load_nemo(REPO / "model_repo" / "demo.nemo")  # each entry is added once, then enabled alone
     changed = 0
     for name in ADAPTERS:
         audio = load_audio(str(CLIPS / rows[name]["audio_filepath"]), 16000)
         runner, ref = make_runner(MODEL_DIR, f"{name}@v1", STORE, decoder="greedy")
         (base_st, st) = runner.transcribe([audio, audio], [0, 1])
-        model = load_nemo(REPO / "model_repo" / "demo.nemo")
         load_entry_into_nemo(model, STORE, ref)
         tokens, _ = nemo_streaming(model, audio)
         assert st.tokens == tokens, name
