@@ -322,6 +322,9 @@ def adapt(
                                                      "set) mixed into training, so the adapter does not drift "
                                                      "on other speakers."),
     replay_fraction: float = typer.Option(0.25, help="Share of the training rows drawn from --replay."),
+    replay_loss: str = typer.Option("ctc", help="On the --replay rows: 'ctc' (learn their transcripts) or "
+                                                "'distill' (keep the base model's output on them)."),
+    distill_weight: float = typer.Option(1.0, help="Weight of the distillation loss (--replay-loss distill)."),
     domain_lm: float = typer.Option(0.0, help="Store the manifest's sentences as the adapter's domain LM, "
                                               "mixed into the model's LM at this prior weight (0: none)."),
     speed_perturb: float = typer.Option(0.0, help="Play most training clips at a random speed in 1 +- this "
@@ -334,7 +337,7 @@ def adapt(
         r = train_adapter(model, train, name, store=store, dim=dim, steps=steps, batch_size=batch_size, lr=lr,
                           version=version, kind=kind, description=description, accelerator=accelerator,
                           replay=replay, replay_fraction=replay_fraction, domain_lm=domain_lm,
-                          speed_perturb=speed_perturb)
+                          speed_perturb=speed_perturb, replay_loss=replay_loss, distill_weight=distill_weight)
     except (FileNotFoundError, ValueError, FileExistsError) as e:
         _fail(str(e))
     console.print(f"trained {r.steps} steps on {r.train_hours * 60:.1f} min of audio in {r.seconds:.0f} s "

@@ -3,7 +3,9 @@
 The base ``.nemo`` is restored, a NeMo ``LinearAdapter`` (``encoder:NAME``, dim ``r``) is added to
 every encoder layer, everything else is frozen, and the adapter is trained with PyTorch Lightning on
 the tenant's NeMo manifest (CTC loss of the base model's head, AdamW, warmup + cosine decay,
-SpecAugment as configured in the base). The trained adapter then goes through
+SpecAugment as configured in the base). Replayed general speech keeps it from drifting on
+everyone else: either as more rows to transcribe, or (``replay_loss="distill"``) as rows on which
+the adapted model's output is held to the base model's. The trained adapter then goes through
 :func:`brogue.export.adapter.export_adapter` into ``STORE/NAME/VERSION/`` and the entry is read back
 with full validation against the base's fingerprint. On CPU here, on GPU with ``accelerator="gpu"``.
 """
@@ -95,6 +97,69 @@ def training_manifest(path: Path, out: Path, replay: Path | None = None, replay_
     return len(rows), len(extra)
 
 
+def _posteriors(model, encoded):
+    """The CTC head's log-probabilities of a CTC or hybrid model, or None (RNNT only)."""
+    if hasattr(model, "ctc_decoder"):  # hybrid RNNT/CTC
+        return model.ctc_decoder(encoder_output=encoded)
+    from nemo.collections.asr.models import EncDecCTCModel
+
+    if isinstance(model, EncDecCTCModel):
+        return model.decoder(encoder_output=encoded)
+    return None
+
+
+def distillation_loss(model, adapter: str, signal, signal_len):
+    """How far the adapter moves the model's output on ``signal`` from the base model's own: per
+    frame, KL(base || adapted) of the CTC head's distributions (CTC and hybrid models) or the
+    squared distance of the encoder outputs (RNNT models), summed over frames, averaged over rows
+    (the scale of a CTC loss per row). Both passes see the same features, without SpecAugment or
+    dropout; the base pass has ``adapter`` disabled and no gradient."""
+    import torch
+    from nemo.utils import logging
+
+    was_training = model.training
+    model.eval()
+    try:
+        feats, feats_len = model.preprocessor(input_signal=signal, length=signal_len)
+        with torch.no_grad(), logging.temp_verbosity(logging.WARNING):  # NeMo logs every switch
+            model.set_enabled_adapters(name=adapter, enabled=False)
+            try:
+                base_enc, enc_len = model.encoder(audio_signal=feats, length=feats_len)
+                base_out = _posteriors(model, base_enc)
+            finally:
+                model.set_enabled_adapters(name=adapter, enabled=True)
+        enc, _ = model.encoder(audio_signal=feats, length=feats_len)
+        out = _posteriors(model, enc)
+    finally:
+        model.train(was_training)
+    if out is None:  # encoder outputs [B, D, T]
+        per_frame = ((enc - base_enc) ** 2).sum(dim=1)
+    else:  # log-probabilities [B, T, V]
+        per_frame = (base_out.exp() * (base_out - out)).sum(dim=-1)
+    mask = torch.arange(per_frame.shape[1], device=per_frame.device)[None, :] < enc_len[:, None]
+    return (per_frame * mask).sum() / per_frame.shape[0]
+
+
+def _distill_replay(model, adapter: str, replay_config: dict, weight: float) -> None:
+    """Make ``model`` train on batches ``{"own": ..., "replay": ...}``: its own training step
+    (CTC loss) on the tenant's rows, plus ``weight`` times :func:`distillation_loss` on the
+    replayed rows, drawn from ``replay_config``'s manifest by a second loader."""
+    from lightning.pytorch.utilities import CombinedLoader
+    from omegaconf import OmegaConf
+
+    replay_dl = model._setup_dataloader_from_config(config=OmegaConf.create(replay_config))
+    model._train_dl = CombinedLoader({"own": model._train_dl, "replay": replay_dl}, mode="max_size_cycle")
+    own_step = model.training_step
+
+    def training_step(batch, batch_idx=0):  # Lightning passes batch_idx by that name
+        out = own_step(batch["own"], batch_idx)
+        loss = out["loss"] if isinstance(out, dict) else out
+        signal, signal_len = batch["replay"][0], batch["replay"][1]
+        return {"loss": loss + weight * distillation_loss(model, adapter, signal, signal_len)}
+
+    model.training_step = training_step
+
+
 def train_adapter(
     model_path: str | Path,
     train_manifest: str | Path,
@@ -119,12 +184,18 @@ def train_adapter(
     model=None,
     domain_lm: float = 0.0,
     speed_perturb: float = 0.0,
+    replay_loss: str = "ctc",
+    distill_weight: float = 1.0,
 ) -> AdaptResult:
     """Train ``encoder:NAME`` for ``steps`` optimiser steps; publish it as ``STORE/NAME/VERSION``.
 
     ``replay``: a manifest of general speech, mixed in as ``replay_fraction`` of the training rows
-    (see :func:`training_manifest`). ``model``: an already restored base model to use instead of
-    loading ``model_path`` (it is modified: the adapter is added to it). ``domain_lm``: when
+    (see :func:`training_manifest`). ``replay_loss``: ``"ctc"`` trains on the replayed rows'
+    transcripts like on the tenant's; ``"distill"`` instead keeps the model's output on them where
+    the base model's is (:func:`distillation_loss`, weighted by ``distill_weight``), and every
+    batch then holds ``replay_fraction`` of its rows from the whole replay manifest. ``model``: an
+    already restored base model to use instead of loading ``model_path`` (it is modified: the
+    adapter is added to it). ``domain_lm``: when
     above 0, the training manifest's sentences become the entry's domain LM, mixed at that weight
     into the model's LM for streams on this adapter (a domain adapter learns its words this way).
     ``speed_perturb``: when above 0, most training clips are resampled to a speed in
@@ -146,6 +217,12 @@ def train_adapter(
     AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
     if not 0 <= domain_lm < 1:
         raise ValueError(f"domain LM weight must be in [0, 1) (0: none), not {domain_lm}")
+    if replay_loss not in ("ctc", "distill"):
+        raise ValueError(f"replay loss must be 'ctc' or 'distill', not {replay_loss!r}")
+    if distill_weight <= 0:
+        raise ValueError(f"distillation weight must be above 0, not {distill_weight}")
+    if replay_loss == "distill" and batch_size < 2:
+        raise ValueError("a distilled replay needs batches of at least 2 rows (the tenant's and replayed ones)")
     if not 0 <= speed_perturb < 0.5:
         raise ValueError(f"speed perturbation must be in [0, 0.5) (0: none), not {speed_perturb}")
     train_manifest = Path(train_manifest)
@@ -169,8 +246,15 @@ def train_adapter(
 
     with tempfile.TemporaryDirectory(prefix="brogue-adapt-") as tmp:
         manifest = Path(tmp) / "train_manifest.json"
-        own, replayed = training_manifest(train_manifest, manifest, Path(replay) if replay else None,
-                                          replay_fraction, seed)
+        distill = replay_loss == "distill" and replay is not None and replay_fraction > 0
+        if distill:
+            own, _ = training_manifest(train_manifest, manifest, seed=seed)
+            replay_manifest = Path(tmp) / "replay_manifest.json"
+            replayed, _ = training_manifest(Path(replay), replay_manifest, seed=seed + 2)
+            replay_batch = min(batch_size - 1, max(1, round(batch_size * replay_fraction)))
+        else:
+            own, replayed = training_manifest(train_manifest, manifest, Path(replay) if replay else None,
+                                              replay_fraction, seed)
         losses: list[float] = []
 
         class Track(pl.Callback):
@@ -190,8 +274,12 @@ def train_adapter(
                  "sched": {"name": "CosineAnnealing", "warmup_steps": min(warmup, max(steps // 5, 0)),
                            "min_lr": lr / 50}})
         model.set_trainer(trainer)
-        data = _data_config(model, manifest, batch_size, max_duration, speed_perturb)
-        model.setup_training_data(OmegaConf.create(data))
+        own_batch = batch_size - replay_batch if distill else batch_size
+        model.setup_training_data(OmegaConf.create(_data_config(model, manifest, own_batch, max_duration,
+                                                                speed_perturb)))
+        if distill:
+            _distill_replay(model, full, _data_config(model, replay_manifest, replay_batch, max_duration),
+                            distill_weight)
         model.setup_optimization(model.cfg.optim)
         t0 = time.time()
         trainer.fit(model)
@@ -201,7 +289,11 @@ def train_adapter(
         raise RuntimeError("the base weights changed during adapter training (they must stay frozen)")
     store = Path(store)
     lm_sentences = [r["text"] for r in read_manifest(train_manifest)] if domain_lm > 0 else None
-    mix = f", {own} rows + {replayed} replayed from {Path(replay).name}" if replayed else ""
+    if distill:
+        mix = (f", {own} rows; {replay_batch} rows of each batch from {Path(replay).name}, "
+               f"distilled to the base's output")
+    else:
+        mix = f", {own} rows + {replayed} replayed from {Path(replay).name}" if replayed else ""
     aug = f", speed perturbation {speed_perturb:g}" if speed_perturb else ""
     description = description or (f"LinearAdapter dim {dim}, {steps} steps on {train_manifest.name} "
                                    f"({hours * 60:.1f} min of audio{mix}{aug}), {trainable} parameters")

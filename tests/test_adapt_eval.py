@@ -94,6 +94,66 @@ def test_speed_perturbation_plays_clips_at_rates_within_the_range(tmp_path):
         train_adapter(tmp_path / "x.nemo", tmp_path / "m.json", "t", store=tmp_path / "s", speed_perturb=0.5)
 
 
+@pytest.mark.nemo
+def test_adapt_with_distilled_replay_trains_on_both_loaders(tmp_path):
+    """--replay-loss distill: each batch takes the tenant's rows from one loader and the replayed
+    rows from another (the whole replay manifest); the entry says so."""
+    import torch
+
+    from brogue.export.configs import build_model
+
+    torch.manual_seed(0)
+    build_model("ctc", d_model=64, n_layers=2, n_heads=2, att_context_size=[8, 1]).save_to(str(tmp_path / "tiny.nemo"))
+    own = _tone_manifest(tmp_path / "own", n=4)
+    general = _tone_manifest(tmp_path / "general", n=4)
+    args = ["adapt", "--model", str(tmp_path / "tiny.nemo"), "--train", str(own), "--name", "t", "--dim", "8",
+            "--steps", "3", "--batch-size", "4", "--store", str(tmp_path / "store"), "--replay", str(general),
+            "--replay-fraction", "0.5"]
+    res = CliRunner().invoke(app, args + ["--replay-loss", "distill", "--distill-weight", "2"])
+    assert res.exit_code == 0, res.output
+    m = read_adapter(tmp_path / "store" / "t" / "v1", None).manifest
+    assert "4 rows; 2 rows of each batch from train.json, distilled to the base's output" in m.description
+    res = CliRunner().invoke(app, args + ["--replay-loss", "kl", "--version", "v2"])
+    assert res.exit_code == 2 and "replay loss must be 'ctc' or 'distill'" in res.output
+
+
+@pytest.mark.nemo
+@pytest.mark.parametrize("head", ["ctc", "hybrid", "rnnt"])
+def test_distillation_loss_is_zero_until_the_adapter_moves_the_output_and_trains_only_the_adapter(head):
+    """--replay-loss distill: on replayed rows the loss is how far the adapter moves the model from
+    the base model's own output (CTC head: KL per frame; RNNT: encoder outputs). A fresh adapter
+    (zero up projection) moves nothing; a trained one does, and only the adapter gets gradients."""
+    import torch
+    from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
+
+    from brogue.export.adapt import distillation_loss
+    from brogue.export.configs import build_model
+
+    torch.manual_seed(0)
+    model = build_model(head, d_model=32, n_layers=2, n_heads=2, att_context_size=[8, 1])
+    model.add_adapter(name="encoder:t", cfg=LinearAdapterConfig(in_features=32, dim=4))
+    model.set_enabled_adapters(name="encoder:t", enabled=True)
+    model.freeze()
+    model.unfreeze_enabled_adapters()
+    model.train()
+    signal = 0.1 * torch.randn(2, 16000)
+    lengths = torch.tensor([16000, 9000])
+    assert float(distillation_loss(model, "encoder:t", signal, lengths)) == pytest.approx(0.0, abs=1e-6)
+    assert model.training, "the model goes back to training mode"
+    adapter_params = [p for n, p in model.named_parameters() if ".t." in n or n.endswith(".t")]
+    assert adapter_params and all(p.requires_grad for p in adapter_params)
+    with torch.no_grad():
+        for p in adapter_params:
+            p.normal_(0, 0.5)
+    loss = distillation_loss(model, "encoder:t", signal, lengths)
+    assert float(loss) > 1e-3
+    loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in adapter_params)
+    # the adapter is switched back on after the base pass
+    assert float(distillation_loss(model, "encoder:t", signal, lengths)) == pytest.approx(float(loss), rel=1e-5)
+
+
 def test_replay_rows_are_mixed_in_at_the_given_fraction_with_absolute_paths(tmp_path):
     from brogue.export.adapt import training_manifest
 
