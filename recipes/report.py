@@ -33,9 +33,9 @@ all): a synthetic corpus from Debian TTS voices (`brogue corpus`), a small cache
 FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from
 every wordnet sentence that no test or dev split speaks (`brogue lm`, weights tuned on the dev
 split; text only, 27k sentences against the 12k spoken in base training), and one LinearAdapter
-per accent / domain set trained with the base frozen (`brogue adapt`, with base training speech
-replayed as 50–85% of the rows, see "Replay" below; the domain adapter also carries its sentences
-as a domain LM). Two tables: as served (beam search with the LM), and the acoustic model alone
+per accent / domain set trained with the base frozen (`brogue adapt`: half of each batch is base
+training speech on which the adapted model is held to the base model's output, see "Replay"
+below; the domain adapter also carries its sentences as a domain LM). Two tables: as served (beam search with the LM), and the acoustic model alone
 (greedy, as NeMo's streaming decodes). Word error rates on the held-out test splits (unseen
 sentences, unseen speaker variants), streamed chunk by chunk through the exported model as
 `brogue eval` does; pocketsphinx is the PyPI wheel's en-us model on the same audio. Made by
