@@ -95,13 +95,24 @@ def test_speed_perturbation_plays_clips_at_rates_within_the_range(tmp_path):
 
 
 @pytest.mark.nemo
-def test_adapt_with_distilled_replay_trains_on_both_loaders(tmp_path):
+def test_adapt_with_distilled_replay_trains_on_both_loaders(tmp_path, monkeypatch):
     """--replay-loss distill: each batch takes the tenant's rows from one loader and the replayed
-    rows from another (the whole replay manifest); the entry says so."""
+    rows from another (the whole replay manifest), and every step adds the weighted distillation
+    loss of the replayed rows; the entry says so."""
     import torch
 
+    from brogue.export import adapt
     from brogue.export.configs import build_model
 
+    calls = []
+    real = adapt.distillation_loss
+
+    def spy(model, adapter, signal, signal_len):  # the real loss, recorded
+        loss = real(model, adapter, signal, signal_len)
+        calls.append((adapter, signal.shape[0], loss.requires_grad))
+        return loss
+
+    monkeypatch.setattr(adapt, "distillation_loss", spy)
     torch.manual_seed(0)
     build_model("ctc", d_model=64, n_layers=2, n_heads=2, att_context_size=[8, 1]).save_to(str(tmp_path / "tiny.nemo"))
     own = _tone_manifest(tmp_path / "own", n=4)
@@ -111,6 +122,7 @@ def test_adapt_with_distilled_replay_trains_on_both_loaders(tmp_path):
             "--replay-fraction", "0.5"]
     res = CliRunner().invoke(app, args + ["--replay-loss", "distill", "--distill-weight", "2"])
     assert res.exit_code == 0, res.output
+    assert calls == [("encoder:t", 2, True)] * 3  # one per step, on the 2 replayed rows of each batch
     m = read_adapter(tmp_path / "store" / "t" / "v1", None).manifest
     assert "4 rows; 2 rows of each batch from train.json, distilled to the base's output" in m.description
     res = CliRunner().invoke(app, args + ["--replay-loss", "kl", "--version", "v2"])
