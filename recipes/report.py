@@ -30,17 +30,17 @@ SECTION = "## Accuracy of the demo model"
 INTRO = """The demo model (`model_repo/exported/demo`, source `model_repo/demo.nemo`) and its adapters
 (`model_repo/adapters/NAME/v1`) come from the recipe in `recipes/` (`recipes/make_demo.sh` runs it
 all): a synthetic corpus from Debian TTS voices (`brogue corpus`), a small cache-aware
-FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from
-every wordnet sentence that no test or dev split speaks (`brogue lm`, weights tuned on the dev
-split; text only, 27k sentences against the 12k spoken in base training), and one LinearAdapter
-per accent / domain set trained with the base frozen (`brogue adapt`: half of each batch is base
-training speech on which the adapted model is held to the base model's output, see "Replay"
-below; the domain adapter also carries its sentences as a domain LM). Two tables: as served (beam search with the LM), and the acoustic model alone
-(greedy, as NeMo's streaming decodes). Word error rates on the held-out test splits (unseen
-sentences, unseen speaker variants), streamed chunk by chunk through the exported model as
-`brogue eval` does; pocketsphinx is the PyPI wheel's en-us model on the same audio. Made by
-`python recipes/report.py --data DATA_DIR`; all speech is synthetic, so these numbers say how well
-adapters separate accents and domains, not how the model does on real speech."""
+FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from every
+wordnet sentence that no test or dev split speaks (`brogue lm`, weights tuned on the dev split; text
+only, 27k sentences against the 12k spoken in base training), and one LinearAdapter per accent /
+domain set trained with the base frozen (`brogue adapt`: half of each batch is base training speech
+on which the adapted model is held to the base model's output, see "Replay" below; the domain
+adapter also carries its sentences as a domain LM). Two tables: as served (beam search with the LM),
+and the acoustic model alone (greedy, as NeMo's streaming decodes). Word error rates on the held-out
+test splits (unseen sentences, unseen speaker variants), streamed chunk by chunk through the
+exported model as `brogue eval` does; pocketsphinx is the PyPI wheel's en-us model on the same
+audio. Made by `python recipes/report.py --data DATA_DIR`; all speech is synthetic, so these numbers
+say how well adapters separate accents and domains, not how the model does on real speech."""
 
 
 def pocketsphinx_hyps(rows: list[dict], cache: Path | None) -> list[str]:
