@@ -172,6 +172,21 @@ def adapters_from_model(model) -> dict[str, dict[str, np.ndarray]]:
     return {n: _stack(p, n_layers, d_model, "model") for n, p in per_name.items()}
 
 
+def adapter_into_model(model, name: str, weights) -> None:
+    """Add ``encoder:NAME`` to a live NeMo model as a LinearAdapter holding ``weights`` (a store
+    entry's :class:`brogue.adapters.AdapterWeights`): the inverse of :func:`adapters_from_model`.
+    The adapter is added, not enabled."""
+    from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
+
+    cfg = LinearAdapterConfig(in_features=int(model.encoder.d_model), dim=int(weights.down.shape[1]))
+    model.add_adapter(name=f"encoder:{name}", cfg=cfg)
+    with torch.no_grad():
+        for i, layer in enumerate(model.encoder.layers):
+            module = layer.adapter_layer[name].module
+            for (idx, param), key in _PARAM.items():
+                getattr(module[int(idx)], param).copy_(torch.from_numpy(getattr(weights, key)[i]))
+
+
 def export_adapter(
     source: str | Path | None,
     *,

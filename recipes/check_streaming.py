@@ -104,24 +104,14 @@ def compare(model, model_dir: Path, manifest: Path, adapter: str | None, store: 
 
 def load_entry_into_nemo(model, store: Path, ref: str) -> None:
     """Give ``model`` a LinearAdapter holding the store entry's tensors (once per name), enabled alone."""
-    import torch
-    from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
     from nemo_reference import use_adapter
 
     from brogue.adapters import read_adapter
+    from brogue.export.adapter import adapter_into_model
 
     name, version = ref.split("@")
     if name not in getattr(model.encoder.layers[0], "adapter_layer", {}):
-        w = read_adapter(store / name / version, None)
-        d, r = int(model.encoder.d_model), w.down.shape[1]
-        model.add_adapter(name=f"encoder:{name}", cfg=LinearAdapterConfig(in_features=d, dim=r))
-        with torch.no_grad():
-            for i, layer in enumerate(model.encoder.layers):
-                m = layer.adapter_layer[name].module  # LayerNorm, Linear(d, r), activation, Linear(r, d)
-                m[0].weight.copy_(torch.from_numpy(w.ln_weight[i]))
-                m[0].bias.copy_(torch.from_numpy(w.ln_bias[i]))
-                m[1].weight.copy_(torch.from_numpy(w.down[i]))
-                m[3].weight.copy_(torch.from_numpy(w.up[i]))
+        adapter_into_model(model, name, read_adapter(store / name / version, None))
     use_adapter(model, name)
     model.eval()
 

@@ -26,7 +26,13 @@ from brogue.adapters import (
     content_hash,
     read_adapter,
 )
-from brogue.export.adapter import adapters_from_file, adapters_from_model, export_adapter, load_adapter_file
+from brogue.export.adapter import (
+    adapter_into_model,
+    adapters_from_file,
+    adapters_from_model,
+    export_adapter,
+    load_adapter_file,
+)
 from brogue.export.bank import BankHooks, bank_delta
 
 pytestmark = pytest.mark.nemo
@@ -151,6 +157,20 @@ def test_file_and_model_give_identical_arrays_equal_to_nemo(base):
             np.testing.assert_array_equal(a[k][layer], v, err_msg=f"layer {layer} {k}")
     assert np.abs(a["up"]).min() > 0  # not NeMo's zero init
     assert adapters_from_file(base["both"], N_LAYERS, D_MODEL)["alt"]["down"].shape == (N_LAYERS, 4, D_MODEL)
+
+
+def test_a_store_entry_loads_back_into_a_nemo_model_exactly(base, acc_entry):
+    """adapter_into_model is the inverse of adapters_from_model: a fresh model given the entry's
+    tensors holds NeMo parameters equal to the original adapter's, bit for bit."""
+    entry, _ = acc_entry
+    fresh = build()
+    adapter_into_model(fresh, "acc", read_adapter(entry, None))
+    for layer in range(N_LAYERS):
+        want = as_numpy(nemo_params(base["model"], "acc", layer))
+        got = as_numpy(nemo_params(fresh, "acc", layer))
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"layer {layer} {k}")
 
 
 def test_manifest(base, acc_entry):
