@@ -90,3 +90,32 @@ def test_german_train_pool_draws_tempo_on_the_same_rows_as_the_four_voice_pool(t
     assert [j["engine"] == "pico" for j in a] == [j["engine"] == "pico" for j in b]
     assert [(j["speed"], j["pitch"], j["tempo"], j["cents"], j["pad"]) for j in a] == \
         [(j["speed"], j["pitch"], j["tempo"], j["cents"], j["pad"]) for j in b]
+
+
+def _plan_and_jobs(sizes: dict, root: Path):
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    word = lambda i: "".join(letters[(i // 26 ** k) % 26] for k in range(4))  # noqa: E731 (normalise drops digits)
+    sents = [f"sentence {word(i)} of the pool" for i in range(30000)]
+    terms = [f"drug{word(i)}" for i in range(1000)]
+    plan = corpus.plan_splits(sents, terms, rng, sizes)
+    jobs = {name: corpus.make_jobs(name, s, v, rng, root) for name, (s, v) in plan.items()}
+    return plan, jobs
+
+
+def test_the_second_base_training_split_is_planned_last_and_changes_no_other_split(tmp_path):
+    """base_train2 came after the demo model's first training: every other split (its sentences,
+    voices and synthesis draws) must be what it was without it, and it speaks no sentence that any
+    other split speaks."""
+    plan, jobs = _plan_and_jobs(dict(corpus.SIZES), tmp_path / "with")
+    without = {k: v for k, v in corpus.SIZES.items() if k != "base_train2"}
+    old_plan, old_jobs = _plan_and_jobs(without, tmp_path / "without")
+    assert list(plan)[-1] == "base_train2" and list(plan)[:-1] == list(old_plan)
+    strip = lambda js: [{k: v for k, v in j.items() if k != "path"} for j in js]  # noqa: E731
+    for name in old_plan:
+        assert plan[name] == old_plan[name], name
+        assert strip(jobs[name]) == strip(old_jobs[name]), name
+    extra = set(plan["base_train2"][0])
+    assert len(extra) == corpus.SIZES["base_train2"]
+    assert not extra & {t for name, (ss, _) in old_plan.items() for t in ss}
+    assert plan["base_train2"][1] == corpus.base_voices("train")
