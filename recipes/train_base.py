@@ -136,11 +136,9 @@ def greedy_wer(model, rows: list[dict]) -> tuple[float, list[str]]:
     return 100 * jiwer.wer(refs, [h if h.strip() else "<empty>" for h in hyps]), hyps
 
 
-def fold_feature_norm(model, manifest: Path, n: int = 64) -> tuple[float, float]:
-    """Fold a global feature normalisation into the first subsampling conv (weights / std, bias
-    shifted by mean): the un-normalised log-mels (mean ~ -11, std ~ 5; "NA" normalisation keeps the
-    front end streamable) otherwise start the conv stack on a large DC offset, and CTC training
-    stays on its blank plateau far longer. Only the initial weights change; the graph is the same."""
+def feature_mean_std(model, manifest: Path, n: int = 64) -> tuple[float, float]:
+    """Mean and standard deviation of the model's (un-normalised) log-mel features over the first
+    ``n`` rows of ``manifest``."""
     import soundfile as sf
     import torch
 
@@ -151,17 +149,49 @@ def fold_feature_norm(model, manifest: Path, n: int = 64) -> tuple[float, float]
             x, _ = sf.read(r["audio_filepath"], dtype="float32")
             f, fl = model.preprocessor(input_signal=torch.from_numpy(x)[None], length=torch.tensor([len(x)]))
             feats.append(f[0, :, : int(fl[0])].flatten())
-        allf = torch.cat(feats)
-        mu, sd = float(allf.mean()), float(allf.std())
+    allf = torch.cat(feats)
+    return float(allf.mean()), float(allf.std())
+
+
+def fold_feature_norm(model, manifest: Path, n: int = 64) -> tuple[float, float]:
+    """Fold a global feature normalisation into the first subsampling conv (weights / std, bias
+    shifted by mean): the un-normalised log-mels (mean ~ -11, std ~ 5; "NA" normalisation keeps the
+    front end streamable) otherwise start the conv stack on a large DC offset, and CTC training
+    stays on its blank plateau far longer. Only the initial weights change; the graph is the same."""
+    import torch
+
+    mu, sd = feature_mean_std(model, manifest, n)
+    with torch.no_grad():
         conv = model.encoder.pre_encode.conv[0]
         conv.weight /= sd
         conv.bias -= mu * conv.weight.sum(dim=(1, 2, 3))
     return mu, sd
 
 
+def add_spec_augment(model, manifest: Path, spec: str):
+    """SpecAugment for this training run only (``spec`` = "FREQ_MASKS,FREQ_WIDTH,TIME_MASKS,TIME_WIDTH";
+    a TIME_WIDTH below 1 is a fraction of the utterance). Masked cells take the features' mean, not
+    NeMo's default 0.0: these log-mels are un-normalised (mean ~ -11), so 0.0 would be a loud burst.
+    Returns the module; the caller removes it before saving, so the .nemo (and ``brogue adapt`` on it)
+    trains without SpecAugment unless asked again."""
+    from nemo.collections.asr.modules import SpectrogramAugmentation
+
+    fm, fw, tm, tw = spec.split(",")
+    mu, _ = feature_mean_std(model, manifest)
+    model.spec_augmentation = SpectrogramAugmentation(freq_masks=int(fm), freq_width=int(fw), time_masks=int(tm),
+                                                      time_width=float(tw) if float(tw) < 1 else int(tw),
+                                                      mask_value=mu)
+    return model.spec_augmentation
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="corpus folder (base_train.json)")
+    ap.add_argument("--train", nargs="+", default=["base_train.json"],
+                    help="training manifests in --data (default base_train.json; the demo: base_train.json base_train2.json)")
+    ap.add_argument("--spec-augment", metavar="FM,FW,TM,TW",
+                    help="SpecAugment for this run, e.g. 2,15,5,0.05 (2 frequency masks up to 15 mels, 5 time "
+                    "masks up to 5%% of the utterance); not saved into the .nemo")
     ap.add_argument("--out", type=Path, required=True, help=".nemo to write")
     ap.add_argument("--max-steps", type=int, default=100000)
     ap.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget for training")
@@ -195,16 +225,21 @@ def main(argv=None):
         model = ModelPT.restore_from(str(a.init), map_location="cpu")
         cfg = OmegaConf.to_container(model.cfg, resolve=True)
     else:
-        tok = None if a.vocab == "char" else train_tokenizer(a.data / "base_train.json",
+        tok = None if a.vocab == "char" else train_tokenizer(a.data / a.train[0],
                                                              Path(str(a.out) + ".tokenizer"), int(a.vocab))
         cfg = demo_config(tok, d_model=a.d_model, n_layers=a.layers, subsampling=a.subsampling)
     probe = read_manifest(a.data / "base_test.json", limit=16)
-    train = bucketed_manifest(a.data / "base_train.json", Path(str(a.out) + ".train_manifest.json"),
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    source = Path(str(a.out) + ".train_source.json")
+    # relative audio paths stay relative to --data: the joined manifest lies beside --out, so resolve them now
+    rows = [r for m in a.train for r in read_manifest((a.data / m).resolve())]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = bucketed_manifest(source, Path(str(a.out) + ".train_manifest.json"),
                               a.batch_size, a.seed, sortagrad=a.init is None)
     cfg["train_ds"] = data_config(train, a.batch_size, False)
     cfg["optim"] = {"name": "adamw", "lr": a.lr, "betas": [0.9, 0.98], "weight_decay": 1e-3}
     budget = a.minutes * 60
-    hours = sum(json.loads(l)["duration"] for l in open(a.data / "base_train.json")) / 3600
+    hours = sum(r["duration"] for r in rows) / 3600
 
     class Log(pl.Callback):
         def __init__(self):
@@ -246,9 +281,12 @@ def main(argv=None):
         model = model_class("ctc", tok is not None)(cfg=OmegaConf.create(cfg), trainer=trainer)
         mu, sd = fold_feature_norm(model, train)
         print(f"feature mean {mu:.2f} std {sd:.2f} folded into the first conv", flush=True)
+    if a.spec_augment:
+        print(f"SpecAugment this run: {add_spec_augment(model, train, a.spec_augment)}", flush=True)
     t0 = log.t0 = time.time()
     trainer.fit(model)
     seconds = time.time() - t0
+    model.spec_augmentation = None  # this run's only (the config never held it)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     model.save_to(str(a.out))
     stats = {"steps": trainer.global_step, "epochs": trainer.current_epoch, "train_seconds": round(seconds),
@@ -256,7 +294,8 @@ def main(argv=None):
              "last_loss": log.loss, "train_hours_audio": round(hours, 3),
              "params": sum(p.numel() for p in model.parameters()), "batch_size": a.batch_size, "lr": a.lr,
              "minutes_budget": a.minutes, "folded_feature_mean_std": None if a.init else [round(mu, 3), round(sd, 3)],
-             "threads": a.threads, "accelerator": a.accelerator, "init": str(a.init) if a.init else None}
+             "threads": a.threads, "accelerator": a.accelerator, "init": str(a.init) if a.init else None,
+             "train": a.train, "spec_augment": a.spec_augment}
     Path(str(a.out) + ".train.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(json.dumps(stats))
 
