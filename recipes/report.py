@@ -32,7 +32,7 @@ INTRO = """The demo model (`model_repo/exported/demo`, source `model_repo/demo.n
 all): a synthetic corpus from Debian TTS voices (`brogue corpus`), a small cache-aware
 FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from every
 wordnet sentence that no test or dev split speaks (`brogue lm`, weights tuned on the dev split; text
-only, 27k sentences against the 12k spoken in base training), and one LinearAdapter per accent /
+only, 27k sentences, 24k of them spoken in base training), and one LinearAdapter per accent /
 domain set trained with the base frozen (`brogue adapt`: half of each batch is base training speech
 on which the adapted model is held to the base model's output, see "Replay" below; the domain
 adapter also carries its sentences as a domain LM). Two tables: as served (beam search with the LM),
