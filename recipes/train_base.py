@@ -20,8 +20,9 @@ recognisable letters by step 400. ``--vocab N`` trains a SentencePiece BPE of N 
 AdamW, no SpecAugment in the first budgets (a short CPU budget: every step must go to leaving the
 plateau). After three budgets on base_train (12k sentences, ~25 passes) the model read its training
 sentences at 19% greedy WER (full context) and unseen base_dev sentences at 44% (the same flite,
-Festival, mbrola and pico voices; held-out espeak-ng variants): it had learnt the sentences. The fourth budget doubles the sentences (base_train2) and adds mild
-SpecAugment (--spec-augment; on the trained model it first raised the loss from ~5 to ~50). The learning
+Festival, mbrola and pico voices; held-out espeak-ng variants): it had learnt the sentences. The
+fourth budget doubles the sentences (base_train2) and adds mild SpecAugment (--spec-augment; on the
+trained model it first raised the loss from ~5 to ~50). The learning
 rate warms up over --warmup steps, then decays on a cosine over the wall-clock budget (--minutes),
 so the model ends annealed however fast this host is. Batches hold utterances of similar length
 (less padding); the first pass runs them shortest first (SortaGrad), later passes in random order.
@@ -195,7 +196,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="corpus folder (base_train.json)")
     ap.add_argument("--train", nargs="+", default=["base_train.json"],
-                    help="training manifests in --data (default base_train.json; the demo: base_train.json base_train2.json)")
+                    help="training manifests in --data (the demo's fourth budget: base_train.json base_train2.json)")
     ap.add_argument("--spec-augment", metavar="FM,FW,TM,TW",
                     help="SpecAugment for this run, e.g. 2,15,5,0.05 (2 frequency masks up to 15 mels, 5 time "
                     "masks up to 5%% of the utterance); not saved into the .nemo")
