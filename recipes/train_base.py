@@ -91,9 +91,9 @@ def data_config(manifest, batch_size, shuffle, max_duration=16.0) -> dict:
             "num_workers": 0, "pin_memory": False, "trim_silence": False}
 
 
-def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int, epochs: int = 40,
+def bucketed_manifest(rows: list[dict], out: Path, batch_size: int, seed: int, epochs: int = 40,
                       max_cps: float = 22.0, sortagrad: bool = True) -> Path:
-    """``epochs`` passes over the rows in one file, for use with shuffle=False. Every pass is cut into
+    """``epochs`` passes over ``rows`` (manifest rows, audio paths resolved) in one file, for use with shuffle=False. Every pass is cut into
     batches of similar duration (little padding); the first pass runs them shortest first (SortaGrad:
     CTC leaves its blank plateau sooner on short utterances; off with ``sortagrad=False``, as when
     continuing a trained model), later passes in a seeded random order.
@@ -101,7 +101,7 @@ def bucketed_manifest(manifest: Path, out: Path, batch_size: int, seed: int, epo
     import random
 
     rng = random.Random(seed)
-    rows = [r for r in read_manifest(manifest.resolve()) if len(r["text"]) / r["duration"] <= max_cps]
+    rows = [r for r in rows if len(r["text"]) / r["duration"] <= max_cps]
     with open(out, "w") as f:
         for epoch in range(epochs):
             rng.shuffle(rows)
@@ -238,11 +238,9 @@ def main(argv=None):
         cfg = demo_config(tok, d_model=a.d_model, n_layers=a.layers, subsampling=a.subsampling)
     probe = read_manifest(a.data / "base_test.json", limit=16)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    source = Path(str(a.out) + ".train_source.json")
-    # relative audio paths stay relative to --data: the joined manifest lies beside --out, so resolve them now
+    # audio paths resolved against each manifest's folder: the run's manifest lies beside --out
     rows = [r for m in a.train for r in read_manifest((a.data / m).resolve())]
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train = bucketed_manifest(source, Path(str(a.out) + ".train_manifest.json"),
+    train = bucketed_manifest(rows, Path(str(a.out) + ".train_manifest.json"),
                               a.batch_size, a.seed, sortagrad=a.init is None)
     cfg["train_ds"] = data_config(train, a.batch_size, False)
     cfg["optim"] = {"name": "adamw", "lr": a.lr, "betas": [0.9, 0.98], "weight_decay": 1e-3}
