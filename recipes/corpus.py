@@ -9,6 +9,8 @@ plus ``voice``/``engine`` fields) and 16 kHz mono 16-bit WAVs:
         (flite/Festival/pico part of base_test)
     DATA/{scottish,caribbean,indian,german,medical}_{train,test}.json
     DATA/corpus_summary.json   (hours per manifest)
+    DATA/lm_text.txt.gz  lm_defs.txt.gz   (text for the base model's character LM: every wordnet
+        sentence no test or dev split speaks; wordnet's definitions, less held-out synsets')
 
 Sentences come from wordnet-base examples, normalised to the model's vocabulary (" a-z'"). Test
 sentences are never used for training; test splits use speaker variants unseen in training.
@@ -102,6 +104,26 @@ def wordnet_sentences() -> list[str]:
                     continue
                 t = normalise(ex)
                 if 25 <= len(t) <= 110 and len(t.split()) >= 5:
+                    out.add(t)
+    return sorted(out)
+
+
+def wordnet_definitions(held: set[str]) -> list[str]:
+    """Every wordnet gloss's definitions (the part before its examples, split at ';'), normalised,
+    of 3+ words, for the base LM's text. A synset that holds a held-out (test or dev) sentence among
+    its examples gives none, so that no definition written beside a held-out sentence reaches the
+    LM; nor does a definition that is itself a held-out sentence."""
+    out = set()
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in open(f"/usr/share/wordnet/data.{pos}", encoding="latin-1"):
+            if line.startswith("  ") or "|" not in line:
+                continue
+            gloss = line.split("|", 1)[1]
+            if any(normalise(ex) in held for ex in re.findall(r'"([^"]+)"', gloss)):
+                continue
+            for part in gloss.split('"', 1)[0].split(";"):
+                t = normalise(part)
+                if len(t.split()) >= 3 and t not in held:
                     out.add(t)
     return sorted(out)
 
@@ -347,6 +369,9 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
     # shuffle, only on which sentences are held out).
     held = {t for name, (ss, _) in plan.items() if name.endswith(("_test", "_dev")) for t in ss}
     write_text(out / "lm_text.txt.gz", sorted(set(sents) - held))
+    # ... and wordnet's definitions, less those of every synset that holds a held-out sentence: with
+    # them the LM reads more of English (README, "Decoding with a language model").
+    write_text(out / "lm_defs.txt.gz", wordnet_definitions(held))
     if only:
         unknown = set(only) - set(jobs)
         if unknown:

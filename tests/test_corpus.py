@@ -119,3 +119,17 @@ def test_the_second_base_training_split_is_planned_last_and_changes_no_other_spl
     assert len(extra) == corpus.SIZES["base_train2"]
     assert not extra & {t for name, (ss, _) in old_plan.items() for t in ss}
     assert plan["base_train2"][1] == corpus.base_voices("train")
+
+
+def test_definitions_leave_out_every_synset_that_holds_a_held_out_sentence():
+    """The LM's definitions text (needs Debian's wordnet-base): a held-out example takes its synset's
+    definitions with it; every other synset's definitions are there, normalised."""
+    # WordNet 3.0's 'dog' synset: "a member of the genus Canis ...; \"the dog barked all night\""
+    everything = corpus.wordnet_definitions(set())
+    dog = [d for d in everything if d.startswith("a member of the genus canis")]
+    assert dog and all(set(d) <= corpus.VOCAB for d in everything)
+    held = {corpus.normalise("the dog barked all night")}
+    without = corpus.wordnet_definitions(held)
+    assert not [d for d in without if d.startswith("a member of the genus canis")]
+    assert len(everything) - len(without) < 10  # only that synset's (and twins') definitions go
+    assert set(without) < set(everything)
