@@ -93,18 +93,24 @@ def normalise(text: str) -> str:
     return re.sub(r"(^| )'+|'+( |$)", r"\1\2", t).strip()
 
 
-def wordnet_sentences() -> list[str]:
-    out = set()
+def wordnet_glosses():
+    """Each wordnet synset's gloss (its definitions, then its quoted examples), from Debian's
+    wordnet-base data files."""
     for pos in ("noun", "verb", "adj", "adv"):
         for line in open(f"/usr/share/wordnet/data.{pos}", encoding="latin-1"):
-            if line.startswith("  ") or "|" not in line:
+            if not line.startswith("  ") and "|" in line:
+                yield line.split("|", 1)[1]
+
+
+def wordnet_sentences() -> list[str]:
+    out = set()
+    for gloss in wordnet_glosses():
+        for ex in re.findall(r'"([^"]+)"', gloss):
+            if re.search(r"[0-9]", ex):
                 continue
-            for ex in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
-                if re.search(r"[0-9]", ex):
-                    continue
-                t = normalise(ex)
-                if 25 <= len(t) <= 110 and len(t.split()) >= 5:
-                    out.add(t)
+            t = normalise(ex)
+            if 25 <= len(t) <= 110 and len(t.split()) >= 5:
+                out.add(t)
     return sorted(out)
 
 
@@ -114,17 +120,13 @@ def wordnet_definitions(held: set[str]) -> list[str]:
     its examples gives none, so that no definition written beside a held-out sentence reaches the
     LM; nor does a definition that is itself a held-out sentence."""
     out = set()
-    for pos in ("noun", "verb", "adj", "adv"):
-        for line in open(f"/usr/share/wordnet/data.{pos}", encoding="latin-1"):
-            if line.startswith("  ") or "|" not in line:
-                continue
-            gloss = line.split("|", 1)[1]
-            if any(normalise(ex) in held for ex in re.findall(r'"([^"]+)"', gloss)):
-                continue
-            for part in gloss.split('"', 1)[0].split(";"):
-                t = normalise(part)
-                if len(t.split()) >= 3 and t not in held:
-                    out.add(t)
+    for gloss in wordnet_glosses():
+        if any(normalise(ex) in held for ex in re.findall(r'"([^"]+)"', gloss)):
+            continue
+        for part in gloss.split('"', 1)[0].split(";"):
+            t = normalise(part)
+            if len(t.split()) >= 3 and t not in held:
+                out.add(t)
     return sorted(out)
 
 
