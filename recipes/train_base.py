@@ -192,6 +192,39 @@ def add_spec_augment(model, manifest: Path, spec: str):
     return model.spec_augmentation
 
 
+def grow_layers(model, extra: int):
+    """A copy of ``model`` with ``extra`` conformer layers on top. Each new layer starts as a copy of
+    the last one with the output projections of its four residual branches (both feed-forwards,
+    attention, convolution) zeroed, so it passes its input through its final LayerNorm alone: the
+    grown model starts from the old one's output, renormalised, and training shapes the new layers
+    from there. The vocabulary, front end and streaming settings are the old model's."""
+    import copy
+
+    import torch
+    from omegaconf import open_dict
+
+    if extra < 1:
+        raise ValueError(f"grow by at least one layer, not {extra}")
+    cfg = copy.deepcopy(model.cfg)
+    n = cfg.encoder.n_layers
+    with open_dict(cfg):
+        cfg.encoder.n_layers = n + extra
+        cfg.train_ds = cfg.validation_ds = cfg.test_ds = None  # the caller sets this run's data
+    grown = type(model)(cfg=cfg)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or not all(k.startswith("encoder.layers.") for k in missing):
+        raise RuntimeError(f"grown model does not match the old one: {unexpected or missing}")
+    last = grown.encoder.layers[n - 1]
+    for layer in grown.encoder.layers[n:]:
+        layer.load_state_dict(last.state_dict())
+        for proj in (layer.feed_forward1.linear2, layer.self_attn.linear_out, layer.conv.pointwise_conv2,
+                     layer.feed_forward2.linear2):
+            torch.nn.init.zeros_(proj.weight)
+            if proj.bias is not None:
+                torch.nn.init.zeros_(proj.bias)
+    return grown
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="corpus folder (base_train.json)")
@@ -215,6 +248,8 @@ def main(argv=None):
     ap.add_argument("--d-model", type=int, default=D_MODEL)
     ap.add_argument("--init", type=Path, help="continue from this .nemo (its weights, vocabulary and architecture; "
                     "--vocab/--subsampling/--layers/--d-model are then ignored): a second budget on the same data")
+    ap.add_argument("--grow-layers", type=int, default=0,
+                    help="with --init: add this many conformer layers on top (see grow_layers) before training")
     ap.add_argument("--probe-every", type=int, default=200, help="print a greedy WER on 16 base-test rows every N steps")
     a = ap.parse_args(argv)
 
@@ -231,6 +266,9 @@ def main(argv=None):
         from nemo.core import ModelPT
 
         model = ModelPT.restore_from(str(a.init), map_location="cpu")
+        if a.grow_layers:
+            model = grow_layers(model, a.grow_layers)
+            print(f"grown to {model.cfg.encoder.n_layers} layers", flush=True)
         cfg = OmegaConf.to_container(model.cfg, resolve=True)
     else:
         tok = None if a.vocab == "char" else train_tokenizer(a.data / a.train[0],
@@ -301,7 +339,8 @@ def main(argv=None):
              "params": sum(p.numel() for p in model.parameters()), "batch_size": a.batch_size, "lr": a.lr,
              "minutes_budget": a.minutes, "folded_feature_mean_std": None if a.init else [round(mu, 3), round(sd, 3)],
              "threads": a.threads, "accelerator": a.accelerator, "init": str(a.init) if a.init else None,
-             "train": a.train, "spec_augment": a.spec_augment}
+             "train": a.train, "spec_augment": a.spec_augment, "grow_layers": a.grow_layers,
+             "layers": model.cfg.encoder.n_layers}
     Path(str(a.out) + ".train.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(json.dumps(stats))
 

@@ -93,3 +93,32 @@ def test_a_continued_budget_trains_on_every_manifest_and_saves_without_spec_augm
     assert len(texts) == 40 * len(rows)
     saved = ModelPT.restore_from(str(out), map_location="cpu")
     assert saved.spec_augmentation is None and "spec_augment" not in saved.cfg
+
+
+def test_grown_layers_start_as_the_old_output_renormalised(tiny):
+    """A grown layer's residual branches start at zero: the grown encoder's output is the old one's
+    through the last layer's final LayerNorm, and nothing else of the old model changes."""
+    import torch
+
+    model, _ = tiny
+    with torch.no_grad():  # a trained LayerNorm is no identity; a fresh one nearly is
+        model.encoder.layers[-1].norm_out.weight.uniform_(0.5, 2.0)
+        model.encoder.layers[-1].norm_out.bias.normal_(0.0, 0.5)
+    grown = train_base.grow_layers(model, 2)
+    assert grown.cfg.encoder.n_layers == 3 and len(grown.encoder.layers) == 3
+    assert model.cfg.encoder.n_layers == 1  # the old model is left as it was
+    old_sd = model.state_dict()
+    assert all(torch.equal(v, old_sd[k]) for k, v in grown.state_dict().items() if k in old_sd)
+    model.eval(), grown.eval()
+    torch.manual_seed(2)
+    x, n = torch.randn(2, 80, 120), torch.tensor([120, 96])
+    with torch.no_grad():
+        a, la = model.encoder(audio_signal=x, length=n)
+        b, lb = grown.encoder(audio_signal=x, length=n)
+        norm = model.encoder.layers[-1].norm_out
+        twice = norm(norm(a.transpose(1, 2))).transpose(1, 2)
+    assert torch.equal(la, lb)
+    assert torch.allclose(b, twice, atol=1e-5)
+    assert not torch.allclose(b, a, atol=1e-3)  # the renormalisation is real, not a no-op
+    with pytest.raises(ValueError):
+        train_base.grow_layers(model, 0)
