@@ -252,6 +252,8 @@ def main(argv=None):
                     help="with --init: add this many conformer layers on top (see grow_layers) before training")
     ap.add_argument("--probe-every", type=int, default=200, help="print a greedy WER on 16 base-test rows every N steps")
     a = ap.parse_args(argv)
+    if a.grow_layers and not a.init:
+        ap.error("--grow-layers grows a trained model: give it --init")
 
     import lightning.pytorch as pl
     import torch

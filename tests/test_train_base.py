@@ -122,3 +122,5 @@ def test_grown_layers_start_as_the_old_output_renormalised(tiny):
     assert not torch.allclose(b, a, atol=1e-3)  # the renormalisation is real, not a no-op
     with pytest.raises(ValueError):
         train_base.grow_layers(model, 0)
+    with pytest.raises(SystemExit):
+        train_base.main(["--data", "x", "--out", "y.nemo", "--grow-layers", "2"])
