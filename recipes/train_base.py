@@ -212,7 +212,8 @@ def grow_layers(model, extra: int):
         cfg.train_ds = cfg.validation_ds = cfg.test_ds = None  # the caller sets this run's data
     grown = type(model)(cfg=cfg)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or not all(k.startswith("encoder.layers.") for k in missing):
+    new = tuple(f"encoder.layers.{i}." for i in range(n, n + extra))  # the only weights the old model lacks
+    if unexpected or not all(k.startswith(new) for k in missing):
         raise RuntimeError(f"grown model does not match the old one: {unexpected or missing}")
     last = grown.encoder.layers[n - 1]
     for layer in grown.encoder.layers[n:]:
