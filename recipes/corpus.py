@@ -5,7 +5,8 @@ It installs its Debian packages if missing (contrib + non-free through a private
 writes NeMo manifests (JSON lines: audio_filepath relative to the manifest's folder, duration, text,
 plus ``voice``/``engine`` fields) and 16 kHz mono 16-bit WAVs:
 
-    DATA/base_train.json  base_train2.json (more of the same)  base_test.json  base_test_ffp.json
+    DATA/base_train.json  base_train2.json (more of the same)  base_train3.json (wordnet definitions)
+        base_test.json  base_test_ffp.json
         (flite/Festival/pico part of base_test)
     DATA/{scottish,caribbean,indian,german,medical}_{train,test}.json
     DATA/corpus_summary.json   (hours per manifest)
@@ -61,7 +62,7 @@ ESPEAK_TEST_VARIANTS = ["m6", "m7", "f4", "f5", "klatt4"]
 
 # Per-set sizes in utterances (wordnet sentences average about 3.5 s once spoken).
 SIZES = {"base_train": 12000, "base_test": 150, "base_dev": 150, "accent_train": 360, "accent_test": 70,
-         "medical_train": 300, "medical_test": 60, "base_train2": 12000}
+         "medical_train": 300, "medical_test": 60, "base_train2": 12000, "base_train3": 8000}
 
 ACCENTS = ("scottish", "caribbean", "indian", "german")
 
@@ -128,6 +129,14 @@ def wordnet_definitions(held: set[str]) -> list[str]:
             if len(t.split()) >= 3 and t not in held:
                 out.add(t)
     return sorted(out)
+
+
+def definition_sentences(defs: list[str], terms: list[str]) -> list[str]:
+    """The definitions (``wordnet_definitions``) that read like the example sentences: 25-110
+    characters, 5+ words, and no medical term (``terms``), so that the base set stays free of the
+    domain set's words."""
+    med = set(terms)
+    return [d for d in defs if 25 <= len(d) <= 110 and len(d.split()) >= 5 and not med & set(d.split())]
 
 
 def medical_terms() -> list[str]:
@@ -355,6 +364,16 @@ def plan_splits(sents: list[str], terms: list[str], rng: random.Random, sz: dict
     return plan
 
 
+def plan_definitions(defs: list[str], terms: list[str], rng: random.Random, n: int) -> list[str]:
+    """``n`` definitions (``definition_sentences``) drawn with ``rng``, for base_train3. ``defs``
+    already leaves out every synset that holds a held-out sentence."""
+    pool = definition_sentences(defs, terms)
+    rng.shuffle(pool)
+    if n > len(pool):
+        raise RuntimeError(f"not enough definitions: {len(pool)} for {n}")
+    return pool[:n]
+
+
 def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=print, only=None) -> dict:
     """Synthesise every split (or the splits named in ``only``; the plan, and so each split's
     content, is the same either way) into ``out``; returns the summary."""
@@ -373,7 +392,15 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
     write_text(out / "lm_text.txt.gz", sorted(set(sents) - held))
     # ... and wordnet's definitions, less those of every synset that holds a held-out sentence: with
     # them the LM reads more of English (README, "Decoding with a language model").
-    write_text(out / "lm_defs.txt.gz", wordnet_definitions(held))
+    defs = wordnet_definitions(held)
+    write_text(out / "lm_defs.txt.gz", defs)
+    # base_train3: definitions spoken in the training voices, for more sentences than wordnet's
+    # examples hold (base_train2 took most of the rest). Planned after every synthesis draw above,
+    # so that it changes no other split.
+    if sz.get("base_train3"):
+        plan["base_train3"] = (plan_definitions(defs, medical_terms(), rng, sz["base_train3"]),
+                               base_voices("train"))
+        jobs["base_train3"] = make_jobs("base_train3", plan["base_train3"][0], plan["base_train3"][1], rng, out)
     if only:
         unknown = set(only) - set(jobs)
         if unknown:

@@ -133,3 +133,18 @@ def test_definitions_leave_out_every_synset_that_holds_a_held_out_sentence():
     assert not [d for d in without if d.startswith("a member of the genus canis")]
     assert len(everything) - len(without) < 10  # only that synset's (and twins') definitions go
     assert set(without) < set(everything)
+
+
+def test_definition_sentences_read_like_the_examples_and_hold_no_medical_term():
+    """base_train3's pool: 25-110 characters, 5+ words, no word from the domain set's terms; the
+    draw is the seed's alone."""
+    defs = ["a drug used to treat amoxicillin allergy in the patient", "too short here",
+            "a member of the genus canis that has been domesticated", "x " * 60,
+            "an instrument that measures the pressure of the air"]
+    pool = corpus.definition_sentences(defs, ["amoxicillin", "statin"])
+    assert pool == ["a member of the genus canis that has been domesticated",
+                    "an instrument that measures the pressure of the air"]
+    a = corpus.plan_definitions(defs, ["amoxicillin"], random.Random(3), 2)
+    assert sorted(a) == pool and a == corpus.plan_definitions(defs, ["amoxicillin"], random.Random(3), 2)
+    with pytest.raises(RuntimeError, match="not enough definitions"):
+        corpus.plan_definitions(defs, ["amoxicillin"], random.Random(3), 3)
