@@ -180,3 +180,18 @@ def test_the_committed_adapters_stream_as_in_nemo():
         assert st.tokens == tokens, name
         changed += st.tokens != base_st.tokens
     assert changed == len(ADAPTERS), "an adapter left its clip's tokens as the base model's"
+
+
+def test_bench_models_compares_two_model_dirs_side_by_side(capsys):
+    """bench/models.py on the committed model against itself: the same transcripts give the same
+    WER, every round is timed, and the ratio is of the two best times."""
+    from bench.models import main
+
+    out = main([str(MODEL_DIR), str(MODEL_DIR), "--manifest", str(CLIPS / "manifest.json"), "--rounds", "2"])
+    first, second = out["models"]
+    assert first["wer"] == second["wer"] and 0 <= first["wer"] < 1
+    assert len(first["all_seconds"]) == len(second["all_seconds"]) == 2
+    assert first["seconds"] == min(first["all_seconds"]) > 0
+    assert out["second_over_first_time"] == second["seconds"] / first["seconds"]
+    assert first["n_layers"] >= 1 and first["d_model"] >= 1
+    assert "second / first wall time" in capsys.readouterr().out
