@@ -357,6 +357,7 @@ def lm_cmd(
     dev: Optional[Path] = typer.Option(None, help="Manifest to tune alpha and beta on (its sentences are left "
                                                   "out of the LM). Not the test split."),
     dev_limit: int = typer.Option(300, help="Utterances of --dev used."),
+    refine: bool = typer.Option(True, help="With --dev: after the coarse grid, search a finer one around its best."),
     remove: bool = typer.Option(False, "--remove", help="Drop the model's LM instead (greedy decoding)."),
 ):
     """Give an exported CTC model a character LM for beam search (lm.txt.gz + model.json)."""
@@ -368,7 +369,7 @@ def lm_cmd(
             console.print("removed" if remove_lm(model_dir) else "the model had no LM")
             return
         r = build_lm(model_dir, text, order=order, alpha=alpha, beta=beta, beam=beam, dev=dev, dev_limit=dev_limit,
-                     progress=lambda a, b, w: console.print(f"alpha {a:.2f} beta {b:.2f}: dev WER {w * 100:.2f}%"))
+                     refine=refine, progress=lambda a, b, w: console.print(f"alpha {a:.2f} beta {b:.2f}: dev WER {w * 100:.2f}%"))
     except (FileNotFoundError, ValueError, KeyError, EvalError) as e:
         _fail(str(e))
     console.print(f"LM: {r.sentences} sentences, order {r.order}, {r.bytes / 1024:.0f} KB; alpha {r.alpha}, beta {r.beta}")

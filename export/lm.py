@@ -5,7 +5,9 @@ The sentences of one or more NeMo manifests (their ``text``) or plain text files
 settings), which the engine reads (:mod:`brogue.engine.beam`). With ``dev``, the LM weight
 ``alpha`` and the character bonus ``beta`` are chosen on that manifest: its audio is streamed once
 through the exported model, then every (alpha, beta) pair of the grid is decoded from the kept
-log-probabilities and the lowest WER wins. Tune on a split that is not the test split.
+log-probabilities and the lowest WER wins. The grid is coarse (alpha in steps of 0.25, beta of
+0.5); with ``refine`` a finer one (steps of 0.05 and 0.25, two each way) is then searched around the
+coarse grid's best, and the lowest WER over both wins. Tune on a split that is not the test split.
 
 No torch, no NeMo: this runs where the server runs.
 """
@@ -25,6 +27,22 @@ from brogue.engine.metadata import ModelMeta, write_metadata
 LM_FILE = "lm.txt.gz"
 ALPHAS = (0.5, 0.75, 1.0, 1.25, 1.5)
 BETAS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5)
+FINE_STEPS = (0.05, 0.25)  # alpha, beta: the refined grid around the coarse grid's best
+FINE_REACH = 2  # steps each way
+
+
+def fine_grid(alpha: float, beta: float, done, steps=FINE_STEPS, reach: int = FINE_REACH) -> list:
+    """The (alpha, beta) pairs within ``reach`` steps of ``(alpha, beta)`` (``steps`` apart),
+    with alpha above 0 and beta not below, less those in ``done``; rounded to 4 places so that
+    0.75 + 0.05 is 0.8."""
+    seen = {(round(a, 4), round(b, 4)) for a, b in done}
+    out = []
+    for i, j in itertools.product(range(-reach, reach + 1), repeat=2):
+        pair = (round(alpha + i * steps[0], 4), round(beta + j * steps[1], 4))
+        if pair[0] > 0 and pair[1] >= 0 and pair not in seen:
+            seen.add(pair)
+            out.append(pair)
+    return out
 
 
 @dataclass
@@ -83,11 +101,12 @@ def decode_chunks(search: CTCBeamSearch, detok, chunks: list[list[np.ndarray]]) 
 
 def build_lm(model_dir: str | Path, text, *, order: int = 8, alpha: float = 1.0, beta: float = 1.5,
              beam: int = 16, dev: str | Path | None = None, dev_limit: int | None = 300,
-             alphas=ALPHAS, betas=BETAS, progress=None) -> LMResult:
+             alphas=ALPHAS, betas=BETAS, refine: bool = True, progress=None) -> LMResult:
     """Write ``lm.txt.gz`` from ``text`` (paths, see :func:`sentences_from`) into ``model_dir`` and
     record it in model.json. With ``dev``, sentences of the dev manifest are left out of the LM and
     alpha/beta are tuned on it (``alpha``/``beta`` are then ignored): the dev WER of each pair is
-    what ``brogue eval`` would report with it."""
+    what ``brogue eval`` would report with it. ``refine`` searches :func:`fine_grid` around the best
+    of ``alphas`` x ``betas`` too; ``res.grid`` holds every pair scored, the coarse ones first."""
     from brogue.clients.eval import error_rates
     from brogue.engine.vocab import Detokenizer
 
@@ -106,12 +125,19 @@ def build_lm(model_dir: str | Path, text, *, order: int = 8, alpha: float = 1.0,
         runner, refs, chunks, greedy = _dev_outputs(model_dir, Path(dev), dev_limit)
         res.dev_greedy_wer = error_rates(refs, greedy)[0]
         res.grid = []
-        for a, b in itertools.product(alphas, betas):
-            search = CTCBeamSearch(surfaces, runner.blank, lm, BeamConfig(alpha=a, beta=b, beam=beam))
-            w = error_rates(refs, decode_chunks(search, runner.detok, chunks))[0]
-            res.grid.append((a, b, w))
-            if progress:
-                progress(a, b, w)
+
+        def score(pairs):
+            for a, b in pairs:
+                search = CTCBeamSearch(surfaces, runner.blank, lm, BeamConfig(alpha=a, beta=b, beam=beam))
+                w = error_rates(refs, decode_chunks(search, runner.detok, chunks))[0]
+                res.grid.append((a, b, w))
+                if progress:
+                    progress(a, b, w)
+
+        score(itertools.product(alphas, betas))
+        if refine:
+            best = min(res.grid, key=lambda g: g[2])
+            score(fine_grid(best[0], best[1], [(a, b) for a, b, _ in res.grid]))
         res.alpha, res.beta, res.dev_wer = min(res.grid, key=lambda g: g[2])
     n = write_text(model_dir / LM_FILE, sents)
     res.bytes = (model_dir / LM_FILE).stat().st_size

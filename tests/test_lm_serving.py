@@ -171,9 +171,48 @@ def test_dev_tuning_picks_the_grid_point_that_eval_then_reports(tiny_repo, tmp_p
     dev = tmp_path / "dev.json"
     dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "text.txt").write_text("\n".join(TEXT + DOMAIN) + "\n")
-    res = build_lm(model_dir, [tmp_path / "text.txt"], order=4, dev=dev, alphas=(0.2, 0.6), betas=(1.0, 3.0))
+    res = build_lm(model_dir, [tmp_path / "text.txt"], order=4, dev=dev, alphas=(0.2, 0.6), betas=(1.0, 3.0),
+                   refine=False)
     assert res.sentences == len(DOMAIN)  # the dev sentences are left out of the LM
     assert len(res.grid) == 4 and (res.alpha, res.beta, res.dev_wer) == min(res.grid, key=lambda g: g[2])
     spec = json.loads((model_dir / "model.json").read_text())["decoding"]["ctc_lm"]
     assert (spec["alpha"], spec["beta"]) == (res.alpha, res.beta) and spec["max_delay"] == 12
     assert evaluate(dev, model_dir=model_dir, decoder="lm").wer == pytest.approx(res.dev_wer)
+
+
+def test_fine_grid_surrounds_the_coarse_best_without_repeating_a_scored_pair():
+    from brogue.export.lm import fine_grid
+
+    pairs = fine_grid(0.75, 2.0, done=[(0.75, 2.0), (0.75, 1.5)])
+    assert len(pairs) == 25 - 2  # 5 x 5 around the best, less the two pairs already scored
+    assert {a for a, _ in pairs} == {0.65, 0.7, 0.75, 0.8, 0.85}  # rounded: 0.75 + 0.05 is 0.8
+    assert {b for _, b in pairs} == {1.5, 1.75, 2.0, 2.25, 2.5} and (0.75, 1.5) not in pairs
+    assert all(a > 0 and b >= 0 for a, b in fine_grid(0.05, 0.25, done=[]))  # nothing below the axes
+    assert len(fine_grid(0.05, 0.25, done=[])) == 3 * 4  # alphas 0.05-0.15 and betas 0-0.75
+    assert len(set(pairs)) == len(pairs)
+
+
+def test_dev_tuning_refines_around_the_coarse_best(tiny_repo, tmp_path):
+    """With refine (the default), the pairs scored after the coarse grid are the fine grid around
+    its best, and the pick is the lowest dev WER over both grids."""
+    import soundfile as sf
+
+    from brogue.export.lm import build_lm, fine_grid
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_repo.model_dir, model_dir)
+    rng = np.random.default_rng(6)
+    rows = []
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", speechlike(rng, 1.5 + i / 2), 16000)
+        rows.append({"audio_filepath": f"{i}.wav", "duration": 1.5 + i / 2, "text": TEXT[i]})
+    dev = tmp_path / "dev.json"
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "text.txt").write_text("\n".join(TEXT + DOMAIN) + "\n")
+    res = build_lm(model_dir, [tmp_path / "text.txt"], order=4, dev=dev, alphas=(0.5, 1.0), betas=(1.0,))
+    coarse, fine = res.grid[:2], res.grid[2:]
+    best = min(coarse, key=lambda g: g[2])
+    assert [(a, b) for a, b, _ in fine] == fine_grid(best[0], best[1], [(a, b) for a, b, _ in coarse])
+    assert (res.alpha, res.beta, res.dev_wer) == min(res.grid, key=lambda g: g[2])
+    spec = json.loads((model_dir / "model.json").read_text())["decoding"]["ctc_lm"]
+    assert (spec["alpha"], spec["beta"]) == (res.alpha, res.beta)
