@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole demo-model recipe, in order: corpus -> base model -> export -> character LM -> adapters -> table.
 # Usage: recipes/make_demo.sh [DATA_DIR]   (default /work/data; the corpus is not committed)
-# On 2 CPU cores: ~35 min corpus (32.1 h of audio), 80 + 90 + 95 + 90 + 80 + 85 min base training (six wall-clock
+# On 2 CPU cores: ~25-35 min corpus (32.1 h of audio), 80 + 90 + 95 + 90 + 80 + 85 min base training (six wall-clock
 # budgets: from scratch, then five times continued from the last model with a fresh warm-up and cosine; the fourth
 # on twice the sentences, with SpecAugment; the fifth grows the 4 conformer layers to 6; the sixth adds spoken
-# wordnet definitions), ~4 min per adapter, ~35 min for the table.
+# wordnet definitions), ~4 min per adapter, ~15 min for the table.
 # Run from the repository root with the venv active (or .venv/bin on PATH).
 set -euo pipefail
 DATA=${1:-/work/data}
@@ -31,7 +31,7 @@ python recipes/train_base.py --data "$DATA" --out model_repo/demo.nemo --init mo
 rm -rf model_repo/exported/demo
 brogue export model_repo/demo.nemo --out model_repo/exported/demo --name demo
 # Character LM from every wordnet sentence no test or dev split speaks (the corpus writes them);
-# its weight and bonus tuned on the dev split (~4 min).
+# its weight and bonus tuned on the dev split, a coarse grid then a finer one around its best (~4 min).
 brogue lm "$DATA/lm_text.txt.gz" --model-dir model_repo/exported/demo --dev "$DATA/base_dev.json"
 rm -rf model_repo/adapters/{scottish,caribbean,indian,german,medical}/v1  # trained for the old base
 # name:kind:domain-LM weight. The domain adapter also carries its sentences as a domain LM. Every
