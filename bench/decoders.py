@@ -46,8 +46,17 @@ def run(runner, audios, batch: int):
     return hyps, time.perf_counter() - t0, delays
 
 
+def load_streams(manifest: Path, rate: int, limit: int | None = None):
+    """The manifest's audio at ``rate`` and its texts: (audios, total audio seconds, texts)."""
+    from brogue.clients.eval import load_audio, read_manifest
+
+    rows = read_manifest(manifest, limit)
+    audios = [load_audio(r["audio_filepath"], rate) for r in rows]
+    return audios, sum(len(x) for x in audios) / rate, [r["text"] for r in rows]
+
+
 def main(argv=None) -> dict:
-    from brogue.clients.eval import error_rates, load_audio, read_manifest
+    from brogue.clients.eval import error_rates
     from brogue.engine.runner import StreamingRunner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,13 +67,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args(argv)
 
-    rows = read_manifest(a.manifest, a.limit)
     runners = {"greedy": StreamingRunner(a.model_dir, decoder="greedy"),
                "lm": StreamingRunner(a.model_dir, decoder="lm")}
-    rate = runners["greedy"].meta.mel.sample_rate
-    audios = [load_audio(r["audio_filepath"], rate) for r in rows]
-    audio_s = sum(len(x) for x in audios) / rate
-    texts = [r["text"] for r in rows]
+    audios, audio_s, texts = load_streams(a.manifest, runners["greedy"].meta.mel.sample_rate, a.limit)
     run(runners["lm"], audios[:2], a.batch)  # warm-up: LM caches, ORT sessions
     run(runners["greedy"], audios[:2], a.batch)
     seconds = {k: [] for k in runners}

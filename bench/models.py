@@ -15,11 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .decoders import run
+from .decoders import load_streams, run
 
 
 def main(argv=None) -> dict:
-    from brogue.clients.eval import error_rates, load_audio, read_manifest
+    from brogue.clients.eval import error_rates
     from brogue.engine.runner import StreamingRunner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,14 +31,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args(argv)
 
-    rows = read_manifest(a.manifest, a.limit)
     runners = [StreamingRunner(d, decoder=a.decoder) for d in a.model_dirs]
     rate = runners[0].meta.mel.sample_rate
     if runners[1].meta.mel.sample_rate != rate:
         raise SystemExit("the two models take different sample rates: not the same streams")
-    audios = [load_audio(r["audio_filepath"], rate) for r in rows]
-    audio_s = sum(len(x) for x in audios) / rate
-    texts = [r["text"] for r in rows]
+    audios, audio_s, texts = load_streams(a.manifest, rate, a.limit)
     for runner in runners:
         run(runner, audios[:2], a.batch)  # warm-up: ORT sessions, LM caches
     seconds: list[list[float]] = [[], []]
@@ -54,8 +51,9 @@ def main(argv=None) -> dict:
         out["models"].append({"model_dir": str(d), "seconds": best, "all_seconds": secs,
                               "realtime_factor": best / audio_s, "wer": wer,
                               "n_layers": runner.meta.n_layers, "d_model": runner.meta.d_model})
-        print(f"{str(d)} ({runner.meta.n_layers}x{runner.meta.d_model}): {best:6.1f} s for {audio_s / 60:.1f} min of audio (RTF {best / audio_s:.4f}), "
-              f"WER {wer * 100:.2f}% ({a.decoder}); rounds {', '.join(f'{x:.1f}' for x in secs)} s")
+        print(f"{d} ({runner.meta.n_layers}x{runner.meta.d_model}): {best:6.1f} s for {audio_s / 60:.1f} min "
+              f"of audio (RTF {best / audio_s:.4f}), WER {wer * 100:.2f}% ({a.decoder}); "
+              f"rounds {', '.join(f'{x:.1f}' for x in secs)} s")
     ratio = out["models"][1]["seconds"] / out["models"][0]["seconds"]
     out["second_over_first_time"] = ratio
     print(f"second / first wall time: {ratio:.2f}x (best of {a.rounds} alternating rounds each, "

@@ -153,24 +153,31 @@ def test_eval_uses_the_adapters_domain_lm(lm_model, tiny_repo, tmp_path):
     assert greedy.decoder == "greedy" and greedy._slot_lms == {}
 
 
-def test_dev_tuning_picks_the_grid_point_that_eval_then_reports(tiny_repo, tmp_path):
-    """`brogue lm --dev`: each (alpha, beta) is scored by replaying the beam search over the dev
-    streams' chunks, committing as served; the chosen pair's dev WER is what `brogue eval` gives."""
+def _dev_setup(tiny_repo, tmp_path, utterances: int, seed: int):
+    """A copy of the tiny model, a dev manifest of ``utterances`` speech-like clips reading TEXT,
+    and ``tmp_path/text.txt`` (TEXT + DOMAIN) for the LM; returns (model_dir, dev manifest)."""
     import soundfile as sf
-
-    from brogue.clients.eval import evaluate
-    from brogue.export.lm import build_lm
 
     model_dir = tmp_path / "m"
     shutil.copytree(tiny_repo.model_dir, model_dir)
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     rows = []
-    for i in range(4):
+    for i in range(utterances):
         sf.write(tmp_path / f"{i}.wav", speechlike(rng, 1.5 + i / 2), 16000)
         rows.append({"audio_filepath": f"{i}.wav", "duration": 1.5 + i / 2, "text": TEXT[i]})
     dev = tmp_path / "dev.json"
     dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "text.txt").write_text("\n".join(TEXT + DOMAIN) + "\n")
+    return model_dir, dev
+
+
+def test_dev_tuning_picks_the_grid_point_that_eval_then_reports(tiny_repo, tmp_path):
+    """`brogue lm --dev`: each (alpha, beta) is scored by replaying the beam search over the dev
+    streams' chunks, committing as served; the chosen pair's dev WER is what `brogue eval` gives."""
+    from brogue.clients.eval import evaluate
+    from brogue.export.lm import build_lm
+
+    model_dir, dev = _dev_setup(tiny_repo, tmp_path, utterances=4, seed=5)
     res = build_lm(model_dir, [tmp_path / "text.txt"], order=4, dev=dev, alphas=(0.2, 0.6), betas=(1.0, 3.0),
                    refine=False)
     assert res.sentences == len(DOMAIN)  # the dev sentences are left out of the LM
@@ -195,20 +202,9 @@ def test_fine_grid_surrounds_the_coarse_best_without_repeating_a_scored_pair():
 def test_dev_tuning_refines_around_the_coarse_best(tiny_repo, tmp_path):
     """With refine (the default), the pairs scored after the coarse grid are the fine grid around
     its best, and the pick is the lowest dev WER over both grids."""
-    import soundfile as sf
-
     from brogue.export.lm import build_lm, fine_grid
 
-    model_dir = tmp_path / "m"
-    shutil.copytree(tiny_repo.model_dir, model_dir)
-    rng = np.random.default_rng(6)
-    rows = []
-    for i in range(3):
-        sf.write(tmp_path / f"{i}.wav", speechlike(rng, 1.5 + i / 2), 16000)
-        rows.append({"audio_filepath": f"{i}.wav", "duration": 1.5 + i / 2, "text": TEXT[i]})
-    dev = tmp_path / "dev.json"
-    dev.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "text.txt").write_text("\n".join(TEXT + DOMAIN) + "\n")
+    model_dir, dev = _dev_setup(tiny_repo, tmp_path, utterances=3, seed=6)
     res = build_lm(model_dir, [tmp_path / "text.txt"], order=4, dev=dev, alphas=(0.5, 1.0), betas=(1.0,))
     coarse, fine = res.grid[:2], res.grid[2:]
     best = min(coarse, key=lambda g: g[2])
