@@ -28,6 +28,7 @@ class ChunkReply:
     frames_done: int = 0
     final: bool = False
     adapter_ready: bool = True
+    model_fingerprint: str = ""  # on the reply to START: the served model's fingerprint (model.json)
 
 
 def _input(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:
@@ -51,6 +52,7 @@ def request_inputs(audio: np.ndarray, *, start: bool, adapter: str = "", latency
 
 
 def parse_reply(result) -> ChunkReply:
+    fingerprint = result.as_numpy("MODEL_FINGERPRINT")
     return ChunkReply(
         tokens=result.as_numpy("TOKENS").reshape(-1).tolist(),
         times=result.as_numpy("TOKEN_TIMES").reshape(-1).tolist(),
@@ -60,4 +62,5 @@ def parse_reply(result) -> ChunkReply:
         frames_done=int(result.as_numpy("FRAMES_DONE").reshape(-1)[0]),
         final=bool(result.as_numpy("FINAL").reshape(-1)[0]),
         adapter_ready=bool(result.as_numpy("ADAPTER_READY").reshape(-1)[0]),
+        model_fingerprint="" if fingerprint is None else fingerprint.reshape(-1)[0].decode(),
     )

@@ -110,7 +110,10 @@ def serve(
     tenants: Path = typer.Option(DEFAULT_MODEL_REPO / "tenants.toml", help="Tenants file (TOML)."),
     triton_url: list[str] = typer.Option([], help="Use running Triton instance(s) (host:port, repeatable) "
                                                   "instead of starting the bundled one."),
-    model_dir: Optional[Path] = typer.Option(None, help="Exported model (default: MODEL_REPOSITORY/exported/demo)."),
+    model_dir: Optional[Path] = typer.Option(None, help="Exported model that Triton serves and the gateway decodes "
+                                                        "(default: MODEL_REPOSITORY/exported/demo)."),
+    latencies: str = typer.Option("", help="Latencies served, comma-separated names from model.json "
+                                           "(default: all); only these are loaded."),
     host: str = typer.Option("127.0.0.1", help="Address of the public ports."),
     http_port: int = typer.Option(8080, help="WebSocket /v1/stream, browser page, /metrics."),
     grpc_port: int = typer.Option(50051, help="Riva-compatible gRPC and health."),
@@ -126,8 +129,14 @@ def serve(
     from brogue.server.app import Listen, serve as serve_gateway
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve_gateway(model_repository, tenants=tenants, triton_urls=triton_url, model_dir=model_dir,
-                  listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key))
+    from brogue.server.triton_client import ModelMismatch
+
+    lats = tuple(n.strip() for n in latencies.split(",") if n.strip())
+    try:
+        serve_gateway(model_repository, tenants=tenants, triton_urls=triton_url, model_dir=model_dir, latencies=lats,
+                      listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key))
+    except (ModelMismatch, ValueError) as e:
+        _fail(str(e))
 
 
 @app.command()

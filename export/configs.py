@@ -15,7 +15,8 @@ CHAR_LABELS = [" "] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["'"]
 HEADS = ("ctc", "rnnt", "hybrid")
 
 
-def _encoder(d_model: int, n_layers: int, att_context_size, n_heads: int) -> dict:
+def _encoder(d_model: int, n_layers: int, att_context_size, n_heads: int, *, conv_channels: int | None = None,
+             use_bias: bool = True) -> dict:
     return {
         "_target_": "nemo.collections.asr.modules.conformer_encoder.ConformerEncoderAdapter",
         "feat_in": 80,
@@ -24,7 +25,7 @@ def _encoder(d_model: int, n_layers: int, att_context_size, n_heads: int) -> dic
         "d_model": d_model,
         "subsampling": "dw_striding",
         "subsampling_factor": 8,
-        "subsampling_conv_channels": d_model,
+        "subsampling_conv_channels": conv_channels or d_model,
         "causal_downsampling": True,
         "ff_expansion_factor": 4,
         "self_attention_model": "rel_pos",
@@ -41,6 +42,7 @@ def _encoder(d_model: int, n_layers: int, att_context_size, n_heads: int) -> dic
         "dropout_pre_encoder": 0.1,
         "dropout_emb": 0.0,
         "dropout_att": 0.1,
+        "use_bias": use_bias,
     }
 
 
@@ -54,6 +56,9 @@ def streaming_model_config(
     att_context_size=(72, 13),
     pred_hidden: int = 160,
     joint_hidden: int = 160,
+    pred_rnn_layers: int = 1,
+    subsampling_conv_channels: int | None = None,
+    use_bias: bool = True,
 ) -> dict:
     """A NeMo model ``cfg`` (plain dict) for a cache-aware streaming FastConformer.
 
@@ -61,6 +66,9 @@ def streaming_model_config(
     folder with a SentencePiece ``tokenizer.model`` (a BPE model class is used); ``None`` gives the
     28-character vocabulary. ``att_context_size`` is ``[left, right]`` or a list of such pairs for a
     multi-latency model (chunked_limited needs ``left % (right + 1) == 0``).
+    ``subsampling_conv_channels`` (default ``d_model``), ``use_bias`` (biases in the conformer's
+    linear and convolution layers) and ``pred_rnn_layers`` (LSTM layers of the RNNT prediction
+    network) let the published architectures be expressed (``recipes/nvidia_shapes.py``).
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, not {head!r}")
@@ -84,7 +92,8 @@ def streaming_model_config(
             "pad_to": 0,
             "pad_value": 0.0,
         },
-        "encoder": _encoder(d_model, n_layers, att, n_heads),
+        "encoder": _encoder(d_model, n_layers, att, n_heads, conv_channels=subsampling_conv_channels,
+                            use_bias=use_bias),
         "train_ds": None,
         "validation_ds": None,
         "test_ds": None,
@@ -114,7 +123,7 @@ def streaming_model_config(
         "normalization_mode": None,
         "random_state_sampling": False,
         "blank_as_pad": True,
-        "prednet": {"pred_hidden": pred_hidden, "pred_rnn_layers": 1, "t_max": None, "dropout": 0.1},
+        "prednet": {"pred_hidden": pred_hidden, "pred_rnn_layers": pred_rnn_layers, "t_max": None, "dropout": 0.1},
     }
     cfg["joint"] = {
         "_target_": "nemo.collections.asr.modules.RNNTJoint",

@@ -23,22 +23,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from brogue.audio.mel import MelConfig, log_mel, mel_filterbank
 from brogue.engine.metadata import FORMAT as MODEL_FORMAT
 from brogue.engine.metadata import bank_input_names
 
-from .bank import BANK_INPUTS, BankHooks, identity_bank
+from .bank import BankHooks
+from .graphs import OPSET, EncoderGraph, ctc_head, RNNTDecoderStep, RNNTJointStep, encoder_io, example_inputs, exporting, onnx_export
+from .weights import WeightsWriter
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 
 
 class ExportError(RuntimeError):
@@ -56,7 +59,10 @@ def load_nemo(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such .nemo file")
-    model = ModelPT.restore_from(str(path), map_location=torch.device("cpu"))
+    try:
+        model = ModelPT.restore_from(str(path), map_location=torch.device("cpu"))
+    except Exception as e:  # NeMo raises anything from a tarfile error to a Hydra instantiation error
+        raise ExportError(f"{path}: not a NeMo model that can be restored ({type(e).__name__}: {e})") from None
     return model.eval()
 
 
@@ -173,94 +179,6 @@ def vocabulary(model, head: str) -> dict:
 # Graph wrappers
 
 
-class EncoderGraph(nn.Module):
-    """Encoder streaming step with the adapter bank, and the CTC head when it serves CTC.
-
-    Inputs and outputs are batch-first (NeMo's encoder keeps caches layer-first internally).
-    """
-
-    def __init__(self, model, head: str, hooks: BankHooks):
-        super().__init__()
-        self.encoder = model.encoder
-        self.ctc = None
-        if head == "ctc":
-            self.ctc = model.ctc_decoder if model_head(model) == "hybrid" else model.decoder
-        self.hooks = hooks
-
-    def forward(self, audio_signal, length, cache_last_channel, cache_last_time, cache_last_channel_len,
-                adapter_ids, adapter_ln_weight, adapter_ln_bias, adapter_down, adapter_up):
-        self.hooks.bind(adapter_ids, adapter_ln_weight, adapter_ln_bias, adapter_down, adapter_up)
-        try:
-            rets = self.encoder.forward_internal(
-                audio_signal,
-                length,
-                cache_last_channel=cache_last_channel.transpose(0, 1),
-                cache_last_time=cache_last_time.transpose(0, 1),
-                cache_last_channel_len=cache_last_channel_len,
-            )
-            enc, enc_len, cch, ctm, clen = self.encoder.streaming_post_process(rets, keep_all_outputs=True)
-        finally:
-            self.hooks.unbind()
-        out = self.ctc(encoder_output=enc) if self.ctc is not None else enc.transpose(1, 2)
-        return out, enc_len, cch.transpose(0, 1), ctm.transpose(0, 1), clen
-
-
-class RNNTDecoderStep(nn.Module):
-    """One prediction-network step: last token (blank = start) and LSTM state -> output and state."""
-
-    def __init__(self, decoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, targets, h, c):
-        g, (h2, c2) = self.decoder.predict(targets.unsqueeze(1), state=[h, c], add_sos=False)
-        return g[:, 0, :], h2, c2
-
-
-class RNNTJointStep(nn.Module):
-    """The joint network on one encoder frame and one decoder output per row -> log-probs."""
-
-    def __init__(self, joint):
-        super().__init__()
-        self.joint = joint
-
-    def forward(self, encoder_frame, decoder_output):
-        out = self.joint.joint(encoder_frame.unsqueeze(1), decoder_output.unsqueeze(1))[:, 0, 0, :]
-        return out.log_softmax(dim=-1)
-
-
-@contextlib.contextmanager
-def _exporting(model):
-    from nemo.core.classes.common import typecheck
-    from nemo.utils.export_utils import replace_for_export
-
-    replace_for_export(model)
-    typecheck.set_typecheck_enabled(enabled=False)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        typecheck.set_typecheck_enabled(enabled=True)
-
-
-def _onnx_export(module, args, path: Path, input_names, output_names, dynamic_axes):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            tuple(args),
-            str(path),
-            input_names=list(input_names),
-            output_names=list(output_names),
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-
-
 # ---------------------------------------------------------------------------------------------
 # Streaming settings
 
@@ -362,6 +280,13 @@ def export_model(
         raise ExportError(f"{type(enc).__name__} is not a cache-aware streaming encoder")
     if enc.att_context_style not in ("chunked_limited", "regular"):
         raise ExportError(f"att_context_style {enc.att_context_style!r} is not supported for streaming")
+    offline = [list(map(int, c)) for c in enc.att_context_size_all if min(int(x) for x in c) < 0]
+    if offline:
+        raise ExportError(f"attention context {offline[0]} is unlimited: this is an offline model, not a "
+                          "cache-aware streaming one (train it with a limited att_context_size)")
+    if getattr(getattr(enc, "pre_encode", None), "is_causal", True) is False or \
+            not getattr(enc, "causal_downsampling", True):
+        raise ExportError("the encoder's subsampling is not causal: not a cache-aware streaming model")
     if not hasattr(enc, "layers") or not all(hasattr(l, "norm_out") for l in enc.layers):
         raise ExportError("encoder layers are not Conformer layers (no norm_out)")
     if head == "rnnt":
@@ -377,25 +302,79 @@ def export_model(
         model.set_enabled_adapters(enabled=False)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     mel = mel_config(model)
     mel_err = check_front_end(model, mel)
     vocab = vocabulary(model, head)
     n_layers, d_model = len(enc.layers), int(enc.d_model)
     ch_shape, tm_shape = _cache_shapes(enc)
-    files: list[str] = []
+    fp = fingerprint(model)
+    stage = _staging_folder(out, base_state(model))
+    try:
+        files, meta_parts = _write_graphs(model, head, stage, mel, max_adapter_dim)
+        tokenizer_file = None
+        if vocab["kind"] == "sentencepiece":  # the model proto itself, wherever NeMo loaded it from
+            (stage / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
+            tokenizer_file = "tokenizer.model"
+            files.append(tokenizer_file)
+        meta = {
+            "format": MODEL_FORMAT,
+            "name": name or out.name,
+            "source": {"nemo_class": type(model).__name__, "path": source, "model_head": kind},
+            "head": head,
+            "sample_rate": mel.sample_rate,
+            "features": mel.to_dict(),
+            "encoder": {
+                "n_layers": n_layers,
+                "d_model": d_model,
+                "subsampling_factor": int(enc.subsampling_factor),
+                "att_context_style": enc.att_context_style,
+                "cache_last_channel": ch_shape,
+                "cache_last_time": tm_shape,
+                "output_dim": len(vocab["tokens"]) + 1 if head == "ctc" else int(getattr(enc, "_feat_out", d_model)),
+            },
+            "latencies": meta_parts["latencies"],
+            "default_latency": meta_parts["default_latency"],
+            "adapters": {"max_dim": int(max_adapter_dim), "n_layers": n_layers, "d_model": d_model,
+                         "inputs": bank_input_names()},
+            "vocabulary": {**vocab, "tokenizer_file": tokenizer_file},
+            "decoding": {"strategy": "greedy", **({"rnnt": meta_parts["rnnt"]} if meta_parts["rnnt"] else {})},
+            "fingerprint": fp,
+            "weights": meta_parts["weights"],
+            "opset": OPSET,
+            "checks": {"front_end_max_abs_diff": mel_err},
+            "files": sorted(files),
+        }
+        _keep_lm(out, meta)
+        if verify:
+            from .verify import verify_encoder
 
+            meta["checks"]["encoder_max_abs_diff"] = verify_encoder(model, head, meta, stage)
+        meta["export_seconds"] = round(time.perf_counter() - t0, 2)
+        write_metadata(stage / "model.json", meta)
+        _publish(stage, out, meta["files"] + ["model.json"])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return meta
+
+
+def _write_graphs(model, head: str, folder: Path, mel: MelConfig, max_adapter_dim: int) -> tuple[list[str], dict]:
+    """Trace every latency's first-chunk and steady encoder graphs (and the RNNT decoder and joint)
+    into ``folder``, all sharing one weights file. Returns the file names and the metadata parts."""
+    enc = model.encoder
+    n_layers, d_model = len(enc.layers), int(enc.d_model)
     hooks = BankHooks(enc)
-    graph = EncoderGraph(model, head, hooks).eval()
+    graph = EncoderGraph(enc, ctc_head(model, head), hooks).eval()
     default_ctx = [int(x) for x in enc.att_context_size]
-    latencies = []
-    checks = {"front_end_max_abs_diff": mel_err}
     contexts = [list(map(int, c)) for c in enc.att_context_size_all]
+    latencies = []
     for ctx in contexts:
         enc.set_default_att_context_size(ctx)
         latencies.append(latency_settings(enc, mel))
+    weights = WeightsWriter(folder)
+    files: list[str] = []
+    rnnt = None
     try:
-        with _exporting(model), _positions_for_streaming(enc, latencies):
+        with exporting(model), _positions_for_streaming(enc, latencies):
             for ctx, lat in zip(contexts, latencies):
                 enc.set_default_att_context_size(ctx)
                 enc.setup_streaming_params()
@@ -411,112 +390,79 @@ def export_model(
                     try:
                         frames = (lat["chunk_size"][0] + lat["pre_encode_cache_size"][0]) if variant == "first" \
                             else (lat["shift_size"][1] + lat["pre_encode_cache_size"][1])
-                        args = _example_inputs(enc, frames, n_layers, d_model, max_adapter_dim, mel.n_mels)
-                        _onnx_export(graph, args, out / fname, *_encoder_io(head))
+                        args = example_inputs(enc, frames, n_layers, d_model, max_adapter_dim, mel.n_mels)
+                        onnx_export(graph, args, weights, fname, *encoder_io(head))
                     finally:
                         enc.streaming_cfg.drop_extra_pre_encoded = drop
+                    log.info("exported %s", fname)
                     lat["graphs"][variant] = fname
                     files.append(fname)
                 if "first" not in lat["graphs"]:
                     lat["graphs"]["first"] = lat["graphs"]["steady"]
             enc.set_default_att_context_size(default_ctx)
             enc.setup_streaming_params()
-
-            rnnt = None
             if head == "rnnt":
-                rnnt = _export_rnnt(model, out)
+                rnnt = _export_rnnt(model, weights)
                 files += [rnnt["decoder"], rnnt["joint"]]
+        summary = weights.finish()
     finally:
+        weights.abort()
         hooks.remove()
-
-    tokenizer_file = None
-    if vocab["kind"] == "sentencepiece":  # the model proto itself, wherever NeMo loaded it from
-        (out / "tokenizer.model").write_bytes(model.tokenizer.tokenizer.serialized_model_proto())
-        tokenizer_file = "tokenizer.model"
-        files.append(tokenizer_file)
-
-    meta = {
-        "format": MODEL_FORMAT,
-        "name": name or out.name,
-        "source": {"nemo_class": type(model).__name__, "path": source, "model_head": kind},
-        "head": head,
-        "sample_rate": mel.sample_rate,
-        "features": mel.to_dict(),
-        "encoder": {
-            "n_layers": n_layers,
-            "d_model": d_model,
-            "subsampling_factor": int(enc.subsampling_factor),
-            "att_context_style": enc.att_context_style,
-            "cache_last_channel": ch_shape,
-            "cache_last_time": tm_shape,
-            "output_dim": len(vocab["tokens"]) + 1 if head == "ctc" else int(getattr(enc, "_feat_out", d_model)),
-        },
-        "latencies": latencies,
-        "default_latency": f"{default_ctx[0]}_{default_ctx[1]}",
-        "adapters": {"max_dim": int(max_adapter_dim), "n_layers": n_layers, "d_model": d_model,
-                     "inputs": bank_input_names()},
-        "vocabulary": {**vocab, "tokenizer_file": tokenizer_file},
-        "decoding": {"strategy": "greedy", **({"rnnt": rnnt} if rnnt else {})},
-        "fingerprint": fingerprint(model),
-        "opset": OPSET,
-        "checks": checks,
-        "files": sorted(files),
-    }
-    if verify:
-        from .verify import verify_encoder
-
-        meta["checks"]["encoder_max_abs_diff"] = verify_encoder(model, head, meta, out)
-    meta["export_seconds"] = round(time.perf_counter() - t0, 2)
-    write_metadata(out / "model.json", meta)
-    return meta
+    files += [summary["file"], summary["index"]]
+    return files, {"latencies": latencies, "default_latency": f"{default_ctx[0]}_{default_ctx[1]}", "rnnt": rnnt,
+                   "weights": summary}
 
 
-def _encoder_io(head: str):
-    inputs = ["audio_signal", "length", "cache_last_channel", "cache_last_time", "cache_last_channel_len",
-              *BANK_INPUTS]
-    first_out = "logprobs" if head == "ctc" else "encoded"
-    outputs = [first_out, "encoded_lengths", "cache_last_channel_next", "cache_last_time_next",
-               "cache_last_channel_next_len"]
-    dyn = {
-        "audio_signal": {0: "B", 2: "T"},
-        "length": {0: "B"},
-        "cache_last_channel": {0: "B"},
-        "cache_last_time": {0: "B"},
-        "cache_last_channel_len": {0: "B"},
-        "adapter_ids": {0: "B"},
-        "adapter_ln_weight": {0: "S"},
-        "adapter_ln_bias": {0: "S"},
-        "adapter_down": {0: "S"},
-        "adapter_up": {0: "S"},
-        first_out: {0: "B", 1: "T_out"},
-        "encoded_lengths": {0: "B"},
-        "cache_last_channel_next": {0: "B"},
-        "cache_last_time_next": {0: "B"},
-        "cache_last_channel_next_len": {0: "B"},
-    }
-    return inputs, outputs, dyn
+def _staging_folder(out: Path, weights: dict[str, torch.Tensor]) -> Path:
+    """A fresh folder beside ``out`` to export into, after checking that the disk can hold the export:
+    the weights file plus one graph's scratch copy of the weights, and a margin."""
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    need = 2 * weight_bytes + (64 << 20)
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise ExportError(f"not enough disk space in {parent}: the export needs about {need / 1e9:.2f} GB "
+                          f"({weight_bytes / 1e9:.2f} GB of weights, written once, plus one graph's scratch copy), "
+                          f"{free / 1e9:.2f} GB are free; nothing was written")
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
 
 
-def _example_inputs(enc, frames: int, n_layers: int, d_model: int, max_dim: int, n_mels: int):
-    """Trace inputs: batch 2, 3 slots with non-trivial adapters, so nothing specialises to 1."""
-    g = torch.Generator().manual_seed(0)
-    B, S = 2, 3
-    ch, tm, ln = enc.get_initial_cache_state(batch_size=B)
-    bank = identity_bank(S, n_layers, d_model, max_dim)
-    bank["adapter_down"][1:] = torch.randn(S - 1, n_layers, max_dim, d_model, generator=g) * 0.1
-    bank["adapter_up"][1:] = torch.randn(S - 1, n_layers, d_model, max_dim, generator=g) * 0.1
-    return (
-        torch.randn(B, n_mels, frames, generator=g),
-        torch.full((B,), frames, dtype=torch.int64),
-        ch.transpose(0, 1).contiguous(),
-        tm.transpose(0, 1).contiguous(),
-        ln.to(torch.int64),
-        torch.tensor([2, 1], dtype=torch.int64),
-        *bank.values(),
-    )
+def _keep_lm(out: Path, meta: dict) -> None:
+    """A re-export into a folder whose model has a CTC language model (``brogue lm``) keeps it, when
+    the new export decodes CTC over the same vocabulary: the LM is a property of the vocabulary."""
+    from brogue.engine.metadata import ModelMeta
+
+    try:
+        old = ModelMeta.load(out)
+    except (FileNotFoundError, ValueError):
+        return
+    lm = old.ctc_lm
+    if lm is None or meta["head"] != "ctc" or old.tokens != meta["vocabulary"]["tokens"]:
+        return
+    meta["decoding"]["ctc_lm"] = lm
+    meta["files"] = sorted({*meta["files"], lm["file"]})
 
 
-def _export_rnnt(model, out: Path) -> dict:
+def _publish(stage: Path, out: Path, files: list[str]) -> None:
+    """Move the finished export's ``files`` from ``stage`` into ``out``; files of an earlier export
+    there that the new one no longer has are removed, anything else in ``out`` is kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    old = []
+    try:
+        from brogue.engine.metadata import ModelMeta
+
+        old = ModelMeta.load(out).raw.get("files", [])
+    except (FileNotFoundError, ValueError):
+        pass
+    for f in files:
+        if (stage / f).exists():  # the rest (a kept LM) is in ``out`` already
+            os.replace(stage / f, out / f)
+    for f in set(old) - set(files):
+        (out / f).unlink(missing_ok=True)
+
+
+def _export_rnnt(model, weights: WeightsWriter) -> dict:
     dec, joint = model.decoder, model.joint
     rnn = dec.prediction["dec_rnn"]
     layers = int(getattr(dec, "pred_rnn_layers", None) or rnn.lstm.num_layers)
@@ -525,8 +471,8 @@ def _export_rnnt(model, out: Path) -> dict:
     h = torch.zeros(layers, B, hidden)
     c = torch.zeros(layers, B, hidden)
     targets = torch.tensor([dec.blank_idx, 0], dtype=torch.int64)
-    _onnx_export(
-        RNNTDecoderStep(dec).eval(), (targets, h, c), out / "rnnt_decoder.onnx",
+    onnx_export(
+        RNNTDecoderStep(dec).eval(), (targets, h, c), weights, "rnnt_decoder.onnx",
         ["targets", "h", "c"], ["decoder_output", "h_next", "c_next"],
         {"targets": {0: "B"}, "h": {1: "B"}, "c": {1: "B"}, "decoder_output": {0: "B"},
          "h_next": {1: "B"}, "c_next": {1: "B"}},
@@ -534,8 +480,8 @@ def _export_rnnt(model, out: Path) -> dict:
     enc_dim = int(joint.encoder_hidden) if hasattr(joint, "encoder_hidden") else int(model.encoder._feat_out)
     f = torch.randn(B, enc_dim)
     g = torch.randn(B, hidden)
-    _onnx_export(
-        RNNTJointStep(joint).eval(), (f, g), out / "rnnt_joint.onnx",
+    onnx_export(
+        RNNTJointStep(joint).eval(), (f, g), weights, "rnnt_joint.onnx",
         ["encoder_frame", "decoder_output"], ["logprobs"],
         {"encoder_frame": {0: "B"}, "decoder_output": {0: "B"}, "logprobs": {0: "B"}},
     )

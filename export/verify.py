@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from brogue.engine.encoder import make_session
+from brogue.engine.weights import SharedWeights
 
 from .bank import BankHooks, identity_bank
+from .graphs import ENCODER_INPUTS, EncoderGraph, ctc_head, exporting
 
 
 class VerificationError(RuntimeError):
@@ -23,8 +25,8 @@ class VerificationError(RuntimeError):
 
 
 def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -> float:
-    from .nemo_export import EncoderGraph, _exporting
-
+    """The largest difference between ONNX Runtime (through the shared weights, as served) and PyTorch
+    over every latency's first and steady graphs; raises :class:`VerificationError` above ``tol``."""
     enc = model.encoder
     L, d, r = meta["encoder"]["n_layers"], meta["encoder"]["d_model"], meta["adapters"]["max_dim"]
     n_mels = meta["features"]["n_mels"]
@@ -35,10 +37,12 @@ def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -
     ids = torch.tensor([0, 2], dtype=torch.int64)
     worst = 0.0
     hooks = BankHooks(enc)
-    graph = EncoderGraph(model, head, hooks).eval()
+    graph = EncoderGraph(enc, ctc_head(model, head), hooks).eval()
     default = list(enc.att_context_size)
+    weights = SharedWeights.open(out)
+    sessions = {}
     try:
-        with _exporting(model):
+        with exporting(model):
             for lat in meta["latencies"]:
                 enc.set_default_att_context_size(lat["att_context_size"])
                 enc.setup_streaming_params()
@@ -57,10 +61,12 @@ def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -
                         ref = graph(x, length, *caches, ids, *bank.values())
                     finally:
                         enc.streaming_cfg.drop_extra_pre_encoded = drop
-                    sess = make_session(out / lat["graphs"]["first" if first else "steady"])
+                    name = lat["graphs"]["first" if first else "steady"]
+                    if name not in sessions:
+                        sessions[name] = make_session(out / name, weights=weights)
+                    sess = sessions[name]
                     feeds = dict(zip(
-                        ["audio_signal", "length", "cache_last_channel", "cache_last_time",
-                         "cache_last_channel_len", "adapter_ids", *bank.keys()],
+                        ENCODER_INPUTS,
                         [x.numpy(), length.numpy(), *ort_caches, ids.numpy(), *(v.numpy() for v in bank.values())],
                     ))
                     got = sess.run(None, feeds)

@@ -55,6 +55,7 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
     """Serve until cancelled, or (``handle_signals``) until SIGTERM or SIGINT; ``started`` is set
     once every port listens. Either way it drains before returning (see :func:`_drain`)."""
     gateway = Gateway(config)
+    await gateway.check_triton()  # ModelMismatch: Triton serves another model; nothing listens yet
     front = WebSocketFrontEnd(gateway, limits)
     ssl_ctx, grpc_creds = None, None
     if listen.tls_cert or listen.tls_key:
@@ -123,9 +124,13 @@ async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, second
 
 
 def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], listen: Listen = Listen(),
-          model_dir: Path | None = None, limits: ConnectionLimits = ConnectionLimits(),
-          triton_timeout: float = 240.0) -> None:
-    """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block."""
+          model_dir: Path | None = None, latencies: tuple[str, ...] = (),
+          limits: ConnectionLimits = ConnectionLimits(), triton_timeout: float = 240.0) -> None:
+    """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block.
+
+    The bundled Triton serves ``model_dir`` (default ``MODEL_REPOSITORY/exported/demo``) at
+    ``latencies`` (default: all the model has), the same model the gateway decodes with; instances
+    at ``triton_urls`` are asked which model they serve, and a mismatch stops the gateway."""
     import contextlib
     import signal
 
@@ -134,15 +139,17 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
     # SIGTERM (systemd, kubernetes, `kill`) must unwind like Ctrl-C, so the tritonserver we started stops too.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
-    model_dir = model_dir or model_repository / "exported" / "demo"
+    model_dir = Path(model_dir or model_repository / "exported" / "demo").resolve()
     with contextlib.ExitStack() as stack:
         if not triton_urls:
-            triton = stack.enter_context(TritonProcess(model_repository, models=("asr_streaming",)).start(
+            params = {"MODEL_DIR": str(model_dir), "LATENCIES": ",".join(latencies)}
+            triton = stack.enter_context(TritonProcess(model_repository, models=("asr_streaming",),
+                                                       parameters={"asr_streaming": params}).start(
                 timeout=triton_timeout))
             triton_urls = [triton.grpc_url]
             log.info("tritonserver ready at %s (log: %s)", triton.grpc_url, triton.log_path)
         config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls),
-                               store_dir=Path(model_repository) / "adapters")
+                               store_dir=Path(model_repository) / "adapters", latencies=tuple(latencies))
         try:
             # the loop handles SIGTERM/SIGINT from here on, and drains before Triton is stopped
             asyncio.run(run_gateway(config, listen, limits, handle_signals=True))

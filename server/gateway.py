@@ -27,7 +27,7 @@ from brogue.engine.metadata import ModelMeta
 from .metrics import Metrics
 from .session import ModelInfo, Result, SessionConfig, StreamSession
 from .tenants import AuthError, Lease, LimitError, Tenant, TenantRegistry
-from .triton_client import SequenceError, TritonPool, TritonUnavailable
+from .triton_client import ModelMismatch, SequenceError, TritonPool, TritonUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class GatewayConfig:
     triton_urls: tuple[str, ...]
     model: str = "asr_streaming"
     store_dir: Path | None = None  # the adapter store Triton reads; default MODEL_REPOSITORY/adapters
+    latencies: tuple[str, ...] = ()  # the latencies Triton serves (its LATENCIES); () = all of the model's
 
     def __post_init__(self):
         if self.store_dir is None:  # model_dir is MODEL_REPOSITORY/exported/NAME
@@ -62,8 +63,11 @@ class Gateway:
     def __init__(self, config: GatewayConfig, metrics: Metrics | None = None):
         self.config = config
         self.meta = ModelMeta.load(config.model_dir)
+        self.latencies = self.meta.served_latencies(list(config.latencies))  # ValueError for unknown ones
+        self.default_latency = self.meta.default_latency if self.meta.default_latency in self.latencies \
+            else next(iter(self.latencies))
         self.tenants = TenantRegistry(config.tenants_file)
-        self.pool = TritonPool(list(config.triton_urls), model=config.model)
+        self.pool = TritonPool(list(config.triton_urls), model=config.model, fingerprint=self.meta.fingerprint)
         self.metrics = metrics or Metrics()
         self._stopping: asyncio.Future | None = None
 
@@ -106,11 +110,18 @@ class Gateway:
         except AuthError as e:
             raise StreamError("unauthenticated", str(e)) from None
 
+    async def check_triton(self) -> None:
+        """Refuse to serve (:class:`ModelMismatch`) when a Triton instance serves another model than
+        ``config.model_dir``: its tokens would be decoded with the wrong vocabulary."""
+        await self.pool.check_models(str(self.config.model_dir))
+
     def model_info(self, latency: str | None) -> ModelInfo:
-        try:
-            return ModelInfo.from_meta(self.meta, latency)
-        except ValueError as e:
-            raise StreamError("bad_request", str(e)) from None
+        name = latency or self.default_latency
+        if name not in self.latencies:
+            where = "is not served here" if name in self.meta.latencies else "is not in this model"
+            raise StreamError("bad_request", f"latency {name!r} {where}; served latencies: "
+                                             f"{', '.join(self.latencies)}")
+        return ModelInfo.from_meta(self.meta, name)
 
     def open_lease(self, tenant: Tenant) -> Lease:
         """Count a new stream of ``tenant`` against its limit (before telling the client it's ready)."""
@@ -147,6 +158,9 @@ class Gateway:
                     reply = await seq.send(chunk, end=end)
                 except TritonUnavailable as e:
                     raise StreamError("unavailable", str(e)) from None
+                except ModelMismatch as e:
+                    log.error("%s", e)
+                    raise StreamError("internal", str(e)) from None
                 except SequenceError as e:
                     code = "adapter" if "adapter" in str(e) else "bad_request"
                     raise StreamError(code, str(e)) from None

@@ -80,9 +80,10 @@ class StreamingModel:
 
     def __init__(self, model_dir: str | Path, store_dir: str | Path, *, slots: int = 8, provider: str = "cpu",
                  threads: int = 0, device_id: int = 0, idle_timeout: float = 60.0,
-                 max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = (), decoder: str = "auto"):
+                 max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = (), decoder: str = "auto",
+                 latencies=None):
         self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads,
-                                      device_id=device_id, decoder=decoder)
+                                      device_id=device_id, decoder=decoder, latencies=latencies)
         self.meta = self.runner.meta
         self.store = AdapterStore(store_dir)
         self.bank = AdapterBank(self.store, self.runner.bank, self.meta.fingerprint,
@@ -143,6 +144,8 @@ class StreamingModel:
                     o.tokens, o.times, o.confidences, o.blank_probs, o.text)
                 r.frames_done = st.frames_out
                 r.adapter_ready = st.slot != PENDING
+                if requests[i].start:  # the gateway checks it serves this model's vocabulary
+                    r.model_fingerprint = self.meta.fingerprint
                 r.final = end
                 if end:
                     self._drop(st.stream_id)

@@ -59,6 +59,23 @@ class SequenceError(RuntimeError):
     """Triton refused a request of this stream (the message is the model's)."""
 
 
+class ModelMismatch(RuntimeError):
+    """A Triton instance serves another model than the one whose vocabulary the gateway decodes with."""
+
+
+def check_fingerprint(url: str, served: str, expected: str, model_dir: str = "") -> None:
+    """Raise :class:`ModelMismatch` unless ``served`` (the fingerprint Triton at ``url`` reported)
+    is ``expected`` (the gateway's model.json)."""
+    if served == expected:
+        return
+    ours = f"the gateway's model {model_dir} ({expected})" if model_dir else f"the gateway's model ({expected})"
+    if not served:
+        raise ModelMismatch(f"Triton at {url} does not report the fingerprint of the model it serves, so it "
+                            f"cannot be checked against {ours}: update its asr_streaming model")
+    raise ModelMismatch(f"Triton at {url} serves the model with fingerprint {served}, not {ours}: "
+                        "serve the same export in both (`brogue serve --model-dir DIR` does)")
+
+
 _END = object()
 
 
@@ -119,7 +136,14 @@ class Sequence:
             raise self._classify(error)
         if end:
             await self.close()
-        return parse_reply(result)
+        reply = parse_reply(result)
+        if start and self.pool.fingerprint is not None:
+            try:
+                check_fingerprint(self.url, reply.model_fingerprint, self.pool.fingerprint)
+            except ModelMismatch:
+                await self.close()
+                raise
+        return reply
 
     async def _end_detached(self) -> None:
         client = aioclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
@@ -161,10 +185,12 @@ class Sequence:
 class TritonPool:
     """Triton instances serving ``model``; :meth:`open` starts a sequence on the least loaded one."""
 
-    def __init__(self, urls: list[str], *, model: str = MODEL, timeout: float = 30.0, retry_down_after: float = 2.0):
+    def __init__(self, urls: list[str], *, model: str = MODEL, timeout: float = 30.0, retry_down_after: float = 2.0,
+                 fingerprint: str | None = None):
         if not urls:
             raise ValueError("at least one Triton URL is needed")
         self.urls, self.model, self.timeout = list(urls), model, timeout
+        self.fingerprint = fingerprint  # every stream's first reply must carry it (None: unchecked)
         self.retry_down_after = retry_down_after
         self.live = {u: 0 for u in self.urls}
         self._down: dict[str, float] = {}
@@ -192,6 +218,27 @@ class TritonPool:
         url = min(up, key=lambda u: self.live[u])
         self.live[url] += 1
         return Sequence(self, url, next(self._ids), adapter, latency, self.timeout)
+
+    async def check_models(self, model_dir: str = "") -> list[str]:
+        """Ask each instance which model it serves (an empty sequence: START and END, no audio) and
+        raise :class:`ModelMismatch` for one that serves another model than :attr:`fingerprint`.
+        Returns the URLs that could not be asked (down or not ready: their streams are checked as they
+        start)."""
+        unreachable = []
+        for url in self.urls:
+            client = aioclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+            try:
+                result = await client.infer(self.model, request_inputs(np.zeros(0, np.float32), start=True),
+                                            sequence_id=next(self._ids), sequence_start=True, sequence_end=True,
+                                            client_timeout=self.timeout)
+            except (InferenceServerException, grpc.RpcError, OSError) as e:
+                log.warning("cannot ask Triton at %s which model it serves yet: %s", url, e)
+                unreachable.append(url)
+                continue
+            finally:
+                await client.close()
+            check_fingerprint(url, parse_reply(result).model_fingerprint, self.fingerprint, model_dir)
+        return unreachable
 
     async def ready(self) -> dict[str, bool]:
         """Which instances have the model ready (and clear the down mark of those that do)."""

@@ -161,6 +161,9 @@ class TritonProcess:
         extra_args: further ``tritonserver`` arguments, appended last.
         log_file: where the server's stdout and stderr go; default: the run folder, removed by
             :meth:`stop`.
+        parameters: ``{model: {KEY: value}}``, config parameters to serve the models with instead
+            of their ``config.pbtxt`` values (through an overlay repository in the run folder, see
+            :mod:`brogue.server.triton_repository`; the repository itself is not changed).
     """
 
     def __init__(
@@ -175,8 +178,10 @@ class TritonProcess:
         log_verbose: int = 0,
         extra_args: Sequence[str] = (),
         log_file: str | os.PathLike[str] | None = None,
+        parameters: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
+        self.parameters = {m: dict(p) for m, p in (parameters or {}).items()}
         self.models = None if models is None else tuple(models)
         self.host = host
         self.grpc_port, self.http_port, self.metrics_port = _free_ports(
@@ -225,12 +230,12 @@ class TritonProcess:
     def _client_host(self) -> str:
         return "127.0.0.1" if self.host == "0.0.0.0" else self.host
 
-    def _command(self, binary: Path, backend_directory: Path) -> list[str]:
+    def _command(self, binary: Path, backend_directory: Path, repository: Path) -> list[str]:
         """The ``tritonserver`` command line, with the flags that work on a host without GPU."""
         loads = ["*"] if self.models is None else self.models
         return [
             str(binary),
-            f"--model-repository={self.model_repository}",
+            f"--model-repository={repository}",
             f"--backend-directory={backend_directory}",
             "--model-control-mode=explicit",
             *(f"--load-model={name}" for name in loads),
@@ -265,10 +270,15 @@ class TritonProcess:
         self._run_dir = Path(tempfile.mkdtemp(prefix="brogue-triton-"))
         try:
             backends = bundle.make_backend_directory(self._run_dir / "backends")
+            repository = self.model_repository
+            if self.parameters:
+                from .triton_repository import overlay_repository
+
+                repository = overlay_repository(repository, self._run_dir / "models", self.parameters)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "wb") as log:
                 self._process = subprocess.Popen(
-                    self._command(bundle.binary, backends),
+                    self._command(bundle.binary, backends, repository),
                     env=bundle.environment(),
                     stdin=subprocess.DEVNULL,
                     stdout=log,

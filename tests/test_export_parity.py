@@ -129,7 +129,7 @@ def test_export_files_and_signature(tmp_path):
     on_disk = json.loads((tmp_path / "m" / "model.json").read_text())
     assert on_disk == meta
     assert set(meta["files"]) == {"encoder.16_7.onnx", "encoder_first.16_7.onnx", "rnnt_decoder.onnx",
-                                  "rnnt_joint.onnx"}
+                                  "rnnt_joint.onnx", "weights.bin", "weights.json"}
     import onnx
 
     g = onnx.load(str(tmp_path / "m" / "encoder.16_7.onnx")).graph
@@ -179,3 +179,32 @@ def test_refuses_what_it_cannot_stream(tmp_path):
     model.preprocessor.featurizer.normalize = "per_feature"
     with pytest.raises(ExportError, match="normalize='per_feature'"):
         export_model(model, tmp_path / "b")
+
+
+def test_rnnt_emits_up_to_max_symbols_per_frame_like_nemo(tmp_path):
+    """A transducer whose blank is unlikely hits the per-frame symbol limit; batched greedy decoding
+    stops at ``max_symbols`` exactly where NeMo's streaming greedy decoding does."""
+    from omegaconf import open_dict
+
+    torch.manual_seed(0)
+    model = build_model("rnnt", **TINY)
+    make_talkative(model, rnnt_shift=6.0)  # blank rarely wins: frames want several symbols
+    decoding = model.cfg.decoding
+    with open_dict(decoding):
+        decoding.greedy.max_symbols = 3
+    model.change_decoding_strategy(decoding)
+    meta = export_model(model, tmp_path / "m", max_adapter_dim=8)
+    assert meta["decoding"]["rnnt"]["max_symbols"] == 3
+    runner = StreamingRunner(tmp_path / "m")
+    rng = np.random.default_rng(11)
+    audios = [_audio(rng, s) for s in (2.3, 1.7, 3.1)]
+    per_frame = []
+
+    def collect(res):
+        for o in res.values():
+            per_frame.extend(np.unique(o.times, return_counts=True)[1].tolist())
+
+    states = runner.transcribe(audios, packet=4000, on_step=collect)
+    for a, st in zip(audios, states):
+        assert st.tokens == nemo_streaming(model, a)[0]
+    assert max(per_frame) == 3 and per_frame.count(3) > 5, "the limit must bind for this test to mean anything"

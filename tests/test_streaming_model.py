@@ -98,7 +98,7 @@ def test_bad_requests_fail_alone(model, tiny_repo):
     res = model.execute(reqs)
     assert res[0].error is None and res[0].final
     expected = ["send START first", "exceeds the limit", "NaN or Inf", "float32 or int16", "invalid adapter",
-                "nosuch", "unknown latency"]
+                "nosuch", "'1_2' is not in this model; served latencies"]
     for r, text in zip(res[1:], expected):
         assert r.error and text in r.error, (text, r.error)
     assert not model.streams  # nothing half-open is left behind

@@ -53,9 +53,9 @@ class RNNTGreedy:
     run once per symbol step for all rows that still emit."""
 
     def __init__(self, model_dir: Path, rnnt: dict, blank: int, provider: str = "cpu", threads: int = 0,
-                 device_id: int = 0):
-        self.decoder = make_session(Path(model_dir) / rnnt["decoder"], provider, threads, device_id)
-        self.joint = make_session(Path(model_dir) / rnnt["joint"], provider, threads, device_id)
+                 device_id: int = 0, weights=None):
+        self.decoder = make_session(Path(model_dir) / rnnt["decoder"], provider, threads, device_id, weights)
+        self.joint = make_session(Path(model_dir) / rnnt["joint"], provider, threads, device_id, weights)
         self.layers = int(rnnt["pred_rnn_layers"])
         self.hidden = int(rnnt["pred_hidden"])
         self.max_symbols = int(rnnt["max_symbols"])

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .metadata import Latency, ModelMeta
+from .weights import SharedWeights
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -25,10 +26,11 @@ PROVIDERS = {
 }
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int = 0, device_id: int = 0
-                 ) -> ort.InferenceSession:
+def make_session(path: str | Path, provider: str = "cpu", threads: int = 0, device_id: int = 0,
+                 weights: SharedWeights | None = None) -> ort.InferenceSession:
     """An ORT session on ``provider`` ("cpu", "cuda", "tensorrt") and GPU ``device_id``; fails clearly
-    if the provider is unavailable."""
+    if the provider is unavailable. With ``weights``, the graph's initializers come from that one
+    shared mapping (prepacking off, so no session keeps a private copy)."""
     if provider not in PROVIDERS:
         raise ValueError(f"unknown execution provider {provider!r}; choose from {sorted(PROVIDERS)}")
     wanted = PROVIDERS[provider]
@@ -44,6 +46,10 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int = 0, devi
     # worker threads burn the cores the other processes (gateway, other model instances) need.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if weights is not None:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        for name, value in weights.initializers(Path(path).name).items():
+            opts.add_initializer(name, value)
     providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p
                  for p in wanted if p in available]
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
@@ -95,17 +101,21 @@ class BankTensors:
 
 
 class Encoder:
-    """Batched streaming steps of one model's encoder graphs (all latencies, both variants)."""
+    """Batched streaming steps of one model's encoder graphs: both variants of each served latency.
+
+    ``latencies``: the names served (default: every latency the model has); the graphs of the others
+    are never loaded. ``weights``: the model's shared weights (None for graphs carrying their own).
+    """
 
     def __init__(self, meta: ModelMeta, bank: BankTensors, provider: str = "cpu", threads: int = 0,
-                 device_id: int = 0):
+                 device_id: int = 0, *, latencies: list[str] | None = None, weights: SharedWeights | None = None):
         self.meta = meta
         self.bank = bank
         self._sessions: dict[str, ort.InferenceSession] = {}
-        for lat in meta.latencies.values():
+        for lat in meta.served_latencies(latencies).values():
             for g in (lat.first_graph, lat.steady_graph):
                 if g not in self._sessions:
-                    self._sessions[g] = make_session(meta.root / g, provider, threads, device_id)
+                    self._sessions[g] = make_session(meta.root / g, provider, threads, device_id, weights)
         self.out_name = "logprobs" if meta.head == "ctc" else "encoded"
 
     def run(self, latency: Latency, first: bool, features: np.ndarray, lengths: np.ndarray,

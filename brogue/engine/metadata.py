@@ -160,6 +160,25 @@ class ModelMeta:
             raise ValueError(f"unknown latency {name!r}; this model has {sorted(lats)}")
         return lats[name]
 
+    def served_latencies(self, names=None) -> dict[str, Latency]:
+        """The latencies named in ``names`` (a list, or a comma-separated string such as config.pbtxt's
+        ``LATENCIES``), in that order; every latency of the model when ``names`` is empty."""
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        lats = self.latencies
+        if not names:
+            return lats
+        unknown = [n for n in names if n not in lats]
+        if unknown:
+            raise ValueError(f"latencies {unknown} are not in this model; it has {list(lats)}")
+        return {n: lats[n] for n in dict.fromkeys(names)}
+
+    @property
+    def shared_weights(self) -> dict | None:
+        """``{"file", "index", "bytes", "sha256", "tensors"}`` of the export's one weights file, or None
+        when each graph carries its own weights (exports before brogue-model/1 had shared weights)."""
+        return self.raw.get("weights")
+
     @property
     def frame_seconds(self) -> float:
         """Duration of one encoder output frame."""

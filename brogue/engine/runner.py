@@ -30,6 +30,7 @@ from .encoder import BankTensors, Encoder
 from .lm import MixedLM, load_lm
 from .metadata import ModelMeta
 from .stream import StreamState
+from .weights import SharedWeights
 from .vocab import Detokenizer
 
 
@@ -73,16 +74,33 @@ class StreamingRunner:
     ``provider``: ONNX Runtime execution provider, "cpu", "cuda" or "tensorrt", on GPU ``device_id``.
     ``decoder``: "auto" (beam search with the model's LM when model.json has one, else greedy),
     "greedy", or "lm" (beam search; an error if the model has no LM). RNNT heads decode greedily.
+    ``latencies``: the latency names served (a list or a comma-separated string; default: all the
+    model has); only their graphs are loaded, and a stream asking for another one is refused.
+    ``weights``: "shared" (one read-only mapping of ``weights.bin`` for every session, MLAS prepacking
+    off) or "private" (each session reads and prepacks its own copy: faster matrix products on CPU,
+    one more copy of the weights per graph). ``verify_weights``: check the SHA-256 of the shared
+    weights file at load (its size always is).
     """
 
     DECODERS = ("auto", "greedy", "lm")
 
     def __init__(self, model_dir: str | Path, *, slots: int = 1, provider: str = "cpu", threads: int = 0,
-                 device_id: int = 0, keep_outputs: bool = False, decoder: str = "auto"):
+                 device_id: int = 0, keep_outputs: bool = False, decoder: str = "auto", latencies=None,
+                 weights: str = "shared", verify_weights: bool = True):
         self.keep_outputs = keep_outputs
         self.meta = ModelMeta.load(model_dir)
+        self.latencies = self.meta.served_latencies(latencies)
+        self.default_latency = self.meta.default_latency if self.meta.default_latency in self.latencies \
+            else next(iter(self.latencies))
         self.bank = BankTensors.for_model(self.meta, slots)
-        self.encoder = Encoder(self.meta, self.bank, provider, threads, device_id)
+        if weights not in ("shared", "private"):
+            raise ValueError(f"weights must be 'shared' or 'private', not {weights!r}")
+        # Opening checks the file (size, SHA-256) in either mode; "private" then lets each session read it.
+        shared = SharedWeights.open(self.meta.root, verify=verify_weights,
+                                    device="cpu" if provider == "cpu" else "cuda", device_id=device_id)
+        self.weights = shared if weights == "shared" else None
+        self.encoder = Encoder(self.meta, self.bank, provider, threads, device_id, latencies=list(self.latencies),
+                               weights=self.weights)
         self.detok = Detokenizer(self.meta.tokens, self.meta.vocab_kind)
         self._frame_seconds = self.meta.frame_seconds  # per emitted token: not rebuilt from model.json
         self._lm_surfaces = self.detok.lm_surfaces()  # each token's text as an LM scores it
@@ -92,7 +110,8 @@ class StreamingRunner:
         self._mel_kernel = _Kernel(self.meta.mel)
         self.rnnt = None
         if self.meta.head == "rnnt":
-            self.rnnt = RNNTGreedy(self.meta.root, self.meta.rnnt, self.blank, provider, threads, device_id)
+            self.rnnt = RNNTGreedy(self.meta.root, self.meta.rnnt, self.blank, provider, threads, device_id,
+                                   weights=self.weights)
             self._rnnt_start = self.rnnt.initial_state(1)
         self.stats = RunnerStats()
         self.lm = None
@@ -163,7 +182,7 @@ class StreamingRunner:
         """A new stream reading bank ``slot``, at ``latency`` (a name from model.json, or the default)."""
         if not 0 <= slot < self.bank.slots:
             raise ValueError(f"slot {slot} out of range 0..{self.bank.slots - 1}")
-        lat = self.meta.latency(latency)
+        lat = self.latency(latency)
         st = StreamState(
             stream_id=stream_id,
             latency=lat,
@@ -179,6 +198,17 @@ class StreamingRunner:
         if self.beam_config is not None:
             st.beam = BeamState()
         return st
+
+    def latency(self, name: str | None):
+        """The served latency ``name`` (None or "": the default); a ValueError that names the served
+        ones for a latency this runner does not serve."""
+        if not name:
+            return self.latencies[self.default_latency]
+        lat = self.latencies.get(name)
+        if lat is None:
+            known = "is not served here" if name in self.meta.latencies else "is not in this model"
+            raise ValueError(f"latency {name!r} {known}; served latencies: {', '.join(self.latencies)}")
+        return lat
 
     # -- stepping --------------------------------------------------------------------------------
 
@@ -286,7 +316,7 @@ class StreamingRunner:
         ``packet``: samples per step (default: one steady chunk of audio). Used by tests and eval.
         """
         slots = slots or [0] * len(audios)
-        lat = self.meta.latency(latency)
+        lat = self.latency(latency)
         packet = packet or lat.shift_size[1] * self.meta.mel.hop_length
         states = [self.open(i, slot=s, latency=latency) for i, s in enumerate(slots)]
         for pos in range(0, max(len(a) for a in audios) + 1, packet):

@@ -46,6 +46,7 @@ class TritonPythonModel:
             max_chunk_samples=int(params.get("MAX_CHUNK_SAMPLES", "160000")),
             pin=pin,
             decoder=params.get("DECODER", "auto"),
+            latencies=params.get("LATENCIES", ""),
         )
         self._metrics = self._make_metrics()
         self._stop = threading.Event()
@@ -109,7 +110,9 @@ class TritonPythonModel:
             if res.error is not None:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(res.error)))
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
+            extra = [pb_utils.Tensor("MODEL_FINGERPRINT", np.asarray([[res.model_fingerprint.encode()]],
+                                                                      dtype=np.object_))] if res.model_fingerprint else []
+            responses.append(pb_utils.InferenceResponse(output_tensors=extra + [
                 pb_utils.Tensor("TOKENS", np.asarray([res.tokens], dtype=np.int32)),
                 pb_utils.Tensor("TOKEN_TIMES", np.asarray([res.times], dtype=np.float32)),
                 pb_utils.Tensor("CONFIDENCES", np.asarray([res.confidences], dtype=np.float32)),

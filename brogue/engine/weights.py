@@ -1,0 +1,93 @@
+"""The model's weights, mapped once and shared by every ONNX Runtime session of the process.
+
+An export writes every weight of all its graphs (each latency, first-chunk and steady, and the RNNT
+decoder and joint) once, into ``weights.bin``, indexed by ``weights.json`` (:mod:`brogue.export.weights`).
+:class:`SharedWeights` checks the file against the index (size, then SHA-256: a truncated or corrupt
+file is refused before anything runs), maps it read-only, and wraps each tensor in an ORT
+``OrtValue`` without copying. Each session then takes its graph's initializers from those values
+(``SessionOptions.add_initializer``) instead of reading its own copy, with MLAS prepacking off, since
+prepacking would give each session a private packed copy again (``shared/notes/ort-weight-sharing.md``).
+The mapping is file-backed, so the pages are shared by every session of the process and by every
+process (Triton model instances) that maps the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS_NAME = "weights.bin"
+INDEX_NAME = "weights.json"
+INDEX_FORMAT = "brogue-weights/1"
+
+_HASH_BLOCK = 64 << 20
+
+
+class WeightsError(ValueError):
+    """``weights.bin`` or ``weights.json`` is missing, truncated, corrupt or inconsistent."""
+
+
+class SharedWeights:
+    """The tensors of ``root/weights.bin`` as ``OrtValue``\\ s, for :meth:`initializers`.
+
+    ``verify``: check the SHA-256 of the whole file (a few seconds per GB); the size is always
+    checked. ``device``: "cpu", or "cuda" to place one copy of each tensor on GPU ``device_id``.
+    """
+
+    def __init__(self, root: str | Path, *, verify: bool = True, device: str = "cpu", device_id: int = 0):
+        import onnxruntime as ort
+
+        self.root = Path(root)
+        index_path = self.root / INDEX_NAME
+        try:
+            index = json.loads(index_path.read_text())
+        except FileNotFoundError:
+            raise WeightsError(f"{index_path}: missing (re-export the model with `brogue export`)") from None
+        except json.JSONDecodeError as e:
+            raise WeightsError(f"{index_path}: not valid JSON ({e})") from None
+        if index.get("format") != INDEX_FORMAT:
+            raise WeightsError(f"{index_path}: format {index.get('format')!r}, expected {INDEX_FORMAT!r}")
+        path = self.root / index["file"]
+        if not path.is_file():
+            raise WeightsError(f"{path}: missing")
+        size = path.stat().st_size
+        if size != index["bytes"]:
+            raise WeightsError(f"{path}: {size} bytes, the export wrote {index['bytes']}: truncated or replaced")
+        self._map = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        if verify:
+            digest = sha256_of(self._map)
+            if digest != index["sha256"]:
+                raise WeightsError(f"{path}: SHA-256 {digest[:16]}... differs from the export's "
+                                   f"{index['sha256'][:16]}...: the file is corrupt")
+        self.path, self.bytes, self.graphs = path, size, index["graphs"]
+        self.values: dict[str, object] = {}
+        for name, t in index["tensors"].items():
+            end = t["offset"] + t["length"]
+            if end > size:
+                raise WeightsError(f"{INDEX_NAME}: tensor {name!r} ends at byte {end}, past the file's {size}")
+            arr = self._map[t["offset"]:end].view(np.dtype(t["dtype"])).reshape(t["shape"])
+            self.values[name] = ort.OrtValue.ortvalue_from_numpy(arr, device, device_id)
+
+    @classmethod
+    def open(cls, root: str | Path, **kw) -> "SharedWeights | None":
+        """The shared weights of the export in ``root``, or None for an export whose graphs carry their
+        own weights (no ``weights.json``)."""
+        return cls(root, **kw) if (Path(root) / INDEX_NAME).is_file() else None
+
+    def initializers(self, graph: str) -> dict[str, object]:
+        """``{name: OrtValue}`` of the shared tensors that graph file ``graph`` uses."""
+        try:
+            names = self.graphs[graph]
+        except KeyError:
+            raise WeightsError(f"{INDEX_NAME} has no entry for graph {graph!r}") from None
+        return {n: self.values[n] for n in names}
+
+
+def sha256_of(buffer: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for start in range(0, len(buffer), _HASH_BLOCK):
+        h.update(memoryview(buffer[start:start + _HASH_BLOCK]))
+    return h.hexdigest()
