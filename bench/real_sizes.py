@@ -48,6 +48,15 @@ def disk(model_dir: Path) -> dict:
 
 
 def rss(model_dir: Path, latencies: str, weights: str) -> dict:
+    """RSS added by loading a runner in a fresh process; not run when private copies would not fit."""
+    import psutil
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    graphs = 2 * (len(latencies.split(",")) if latencies else len(meta["latencies"]))
+    need = graphs * meta.get("weights", {}).get("bytes", 0) if weights == "private" else 0
+    if need > 0.8 * psutil.virtual_memory().available:
+        return {"not_measured": f"{graphs} private copies need about {need / 1e9:.1f} GB, "
+                                f"{psutil.virtual_memory().available / 1e9:.1f} GB available"}
     r = subprocess.run([sys.executable, "-c", _PROBE, str(model_dir), latencies, weights], capture_output=True,
                        text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])

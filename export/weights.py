@@ -11,7 +11,8 @@ limit it writes one file per tensor beside the graph, under names that collide b
 - the graph's initializer is renamed to one name per content, the same in every graph, and points
   into ``weights.bin`` through standard ONNX external data (``location``, ``offset``, ``length``),
   so any ONNX tool can still load a graph on its own;
-- smaller initializers (scalars, shapes, masks) stay inside their graph.
+- smaller initializers (scalars, shapes, masks) and ``Constant`` node values stay inside their graph
+  (above 2 GB torch writes those to files of their own too: they are read back in).
 
 :meth:`WeightsWriter.finish` writes ``weights.json``: per tensor its offset, length, dtype and shape,
 per graph the tensor names it uses, and the file's size and SHA-256, which the serving side checks
@@ -47,6 +48,19 @@ def _tensor_bytes(t, folder: Path) -> bytes:
     if t.HasField("raw_data"):
         return t.raw_data
     return numpy_helper.to_array(t).tobytes()
+
+
+def _attribute_tensors(graph):
+    """The tensors held in node attributes (``Constant`` values), subgraphs included."""
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _attribute_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _attribute_tensors(g)
 
 
 def _numpy_dtype(t) -> str:
@@ -125,6 +139,12 @@ class WeightsWriter:
                 e = t.external_data.add()
                 e.key, e.value = k, str(v)
             used.append(name)
+        for t in _attribute_tensors(model.graph):  # Constant values: inline, wherever torch put them
+            if t.data_location == TensorProto.EXTERNAL:
+                data = _tensor_bytes(t, exported.parent)
+                del t.external_data[:]
+                t.data_location = TensorProto.DEFAULT
+                t.raw_data = data
         if renames:
             for node in model.graph.node:
                 for i, name in enumerate(node.input):

@@ -81,9 +81,9 @@ class StreamingModel:
     def __init__(self, model_dir: str | Path, store_dir: str | Path, *, slots: int = 8, provider: str = "cpu",
                  threads: int = 0, device_id: int = 0, idle_timeout: float = 60.0,
                  max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = (), decoder: str = "auto",
-                 latencies=None):
+                 latencies=None, weights: str = "shared"):
         self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads,
-                                      device_id=device_id, decoder=decoder, latencies=latencies)
+                                      device_id=device_id, decoder=decoder, latencies=latencies, weights=weights)
         self.meta = self.runner.meta
         self.store = AdapterStore(store_dir)
         self.bank = AdapterBank(self.store, self.runner.bank, self.meta.fingerprint,

@@ -164,10 +164,84 @@ def test_a_disk_too_small_fails_before_writing(multi, tmp_path, monkeypatch):
 
 
 def test_a_model_that_is_not_cache_aware_is_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    from brogue.export.configs import model_class, streaming_model_config
+
+    cfg = streaming_model_config("ctc", d_model=64, n_layers=2, n_heads=2)
+    cfg["encoder"].update(att_context_size=[-1, -1], att_context_style="regular", causal_downsampling=False,
+                          conv_context_size=None)  # NeMo's offline FastConformer
     torch.manual_seed(0)
-    offline = build_model("ctc", d_model=64, n_layers=2, n_heads=2, att_context_size=[-1, -1])
+    offline = model_class("ctc", False)(cfg=OmegaConf.create(cfg), trainer=None)
     with pytest.raises(ExportError, match=r"attention context \[-1, -1\] is unlimited: this is an offline model"):
         export_model(offline, tmp_path / "a")
     (tmp_path / "junk.nemo").write_bytes(b"not a tar file")
     with pytest.raises(ExportError, match="junk.nemo: not a NeMo model that can be restored"):
         export_model(tmp_path / "junk.nemo", tmp_path / "b")
+
+
+def test_graphs_with_one_file_per_tensor_are_merged_without_collisions(multi, tmp_path):
+    """Above 2 GB, torch writes each graph's tensors (initializers and Constant values) to one file per
+    tensor beside the graph, named after the tensor, so graphs exported into one folder overwrite each
+    other's files. The same layout, made here with onnx's own converter from two latencies' graphs,
+    goes through the weights writer into one shared file; ONNX Runtime then gives the same outputs."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from brogue.engine.encoder import make_session
+    from brogue.export.weights import WeightsWriter
+
+    _, out, meta = multi
+    graphs = ["encoder.16_7.onnx", "encoder_first.16_0.onnx"]
+    scratch = {}
+    for g in graphs:
+        proto = onnx.load(str(out / g))  # weights read in from weights.bin
+        d = tmp_path / g.replace(".onnx", "")
+        d.mkdir()
+        convert_model_to_external_data(proto, all_tensors_to_one_file=False, size_threshold=0)
+        onnx.save(proto, str(d / "graph.onnx"))
+        scratch[g] = d
+    a, b = ({p.name for p in scratch[g].iterdir()} - {"graph.onnx"} for g in graphs)
+    assert len(a & b) > 10  # the same file names in both folders: one folder would have collided
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    writer = WeightsWriter(merged)
+    for g in graphs:
+        writer.add_graph(scratch[g] / "graph.onnx", g)
+    summary = writer.finish()
+    assert summary["bytes"] <= 1.01 * meta["weights"]["bytes"]
+    rng = np.random.default_rng(0)
+    for g in graphs:
+        ref = make_session(out / g, weights=SharedWeights(out))
+        got = make_session(merged / g, weights=SharedWeights(merged))
+        ch, tm = (tuple(x) for x in (meta["encoder"]["cache_last_channel"], meta["encoder"]["cache_last_time"]))
+        L, d, r = meta["encoder"]["n_layers"], meta["encoder"]["d_model"], meta["adapters"]["max_dim"]
+        T = 73 if g.startswith("encoder.") else 57
+        feeds = {"audio_signal": rng.standard_normal((2, 80, T)).astype(np.float32),
+                 "length": np.full(2, T, np.int64),
+                 "cache_last_channel": rng.standard_normal((2, *ch)).astype(np.float32),
+                 "cache_last_time": rng.standard_normal((2, *tm)).astype(np.float32),
+                 "cache_last_channel_len": np.array([0, 5], np.int64), "adapter_ids": np.array([0, 1], np.int64),
+                 "adapter_ln_weight": np.ones((2, L, d), np.float32),
+                 "adapter_ln_bias": np.zeros((2, L, d), np.float32),
+                 "adapter_down": rng.standard_normal((2, L, r, d)).astype(np.float32) * 0.1,
+                 "adapter_up": rng.standard_normal((2, L, d, r)).astype(np.float32) * 0.1}
+        for x, y in zip(ref.run(None, feeds), got.run(None, feeds)):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_an_unknown_encoder_is_refused(tmp_path):
+    """A real NeMo CTC model whose encoder is not a FastConformer (a Jasper-style ConvASREncoder)."""
+    from omegaconf import OmegaConf
+
+    from brogue.export.configs import model_class, streaming_model_config
+
+    cfg = streaming_model_config("ctc", d_model=64, n_layers=2, n_heads=2)
+    cfg["encoder"] = {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": 80, "activation": "relu",
+                      "conv_mask": True, "jasper": [{"filters": 64, "repeat": 1, "kernel": [11], "stride": [2],
+                                                     "dilation": [1], "dropout": 0.0, "residual": False,
+                                                     "separable": True}]}
+    model = model_class("ctc", False)(cfg=OmegaConf.create(cfg), trainer=None)
+    with pytest.raises(ExportError, match="ConvASREncoder is not a cache-aware streaming encoder"):
+        export_model(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -52,7 +52,10 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int = 0, devi
             opts.add_initializer(name, value)
     providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p
                  for p in wanted if p in available]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    # The session reads the shared tensors' memory for as long as it lives: keep the mapping alive.
+    session.shared_weights = weights
+    return session
 
 
 class BankTensors:

@@ -47,6 +47,7 @@ class TritonPythonModel:
             pin=pin,
             decoder=params.get("DECODER", "auto"),
             latencies=params.get("LATENCIES", ""),
+            weights=params.get("WEIGHTS", "shared"),
         )
         self._metrics = self._make_metrics()
         self._stop = threading.Event()
