@@ -64,8 +64,6 @@ class Gateway:
         self.config = config
         self.meta = ModelMeta.load(config.model_dir)
         self.latencies = self.meta.served_latencies(list(config.latencies))  # ValueError for unknown ones
-        self.default_latency = self.meta.default_latency if self.meta.default_latency in self.latencies \
-            else next(iter(self.latencies))
         self.tenants = TenantRegistry(config.tenants_file)
         self.pool = TritonPool(list(config.triton_urls), model=config.model, fingerprint=self.meta.fingerprint)
         self.metrics = metrics or Metrics()
@@ -116,12 +114,10 @@ class Gateway:
         await self.pool.check_models(str(self.config.model_dir))
 
     def model_info(self, latency: str | None) -> ModelInfo:
-        name = latency or self.default_latency
-        if name not in self.latencies:
-            where = "is not served here" if name in self.meta.latencies else "is not in this model"
-            raise StreamError("bad_request", f"latency {name!r} {where}; served latencies: "
-                                             f"{', '.join(self.latencies)}")
-        return ModelInfo.from_meta(self.meta, name)
+        try:
+            return ModelInfo.from_meta(self.meta, self.meta.served_latency(latency, self.latencies).name)
+        except ValueError as e:
+            raise StreamError("bad_request", str(e)) from None
 
     def open_lease(self, tenant: Tenant) -> Lease:
         """Count a new stream of ``tenant`` against its limit (before telling the client it's ready)."""

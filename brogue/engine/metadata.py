@@ -23,6 +23,20 @@ def bank_input_names() -> list[str]:
     return list(_BANK)
 
 
+def read_tagged_json(path: Path, fmt: str, error: type[Exception] = ValueError) -> dict:
+    """The JSON object in ``path``, whose ``format`` must be ``fmt``; a missing file raises
+    FileNotFoundError, anything else wrong ``error``, each naming the file."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (export the model with `brogue export`)") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise error(f"{path}: format {raw.get('format') if isinstance(raw, dict) else None!r}, expected {fmt!r}")
+    return raw
+
+
 def write_metadata(path: str | Path, meta: dict) -> None:
     Path(path).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
 
@@ -70,15 +84,7 @@ class ModelMeta:
     @classmethod
     def load(cls, model_dir: str | Path) -> "ModelMeta":
         root = Path(model_dir)
-        path = root / "model.json"
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no model.json (export the model with `brogue export`)") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON: {e}") from None
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
+        raw = read_tagged_json(root / "model.json", FORMAT)
         for f in raw.get("files", []):
             if not (root / f).is_file():
                 raise FileNotFoundError(f"{root / f}: listed in model.json but missing")
@@ -173,11 +179,17 @@ class ModelMeta:
             raise ValueError(f"latencies {unknown} are not in this model; it has {list(lats)}")
         return {n: lats[n] for n in dict.fromkeys(names)}
 
-    @property
-    def shared_weights(self) -> dict | None:
-        """``{"file", "index", "bytes", "sha256", "tensors"}`` of the export's one weights file, or None
-        when each graph carries its own weights (exports before brogue-model/1 had shared weights)."""
-        return self.raw.get("weights")
+    def served_latency(self, name: str | None, served: dict[str, Latency]) -> Latency:
+        """Latency ``name`` out of ``served`` (from :meth:`served_latencies`); None or "" is the model's
+        default, or the first served one when the default is not served. A ValueError that names the
+        served ones for any other latency."""
+        if not name:
+            return served.get(self.default_latency) or next(iter(served.values()))
+        lat = served.get(name)
+        if lat is None:
+            where = "is not served here" if name in self.latencies else "is not in this model"
+            raise ValueError(f"latency {name!r} {where}; served latencies: {', '.join(served)}")
+        return lat
 
     @property
     def frame_seconds(self) -> float:

@@ -90,8 +90,6 @@ class StreamingRunner:
         self.keep_outputs = keep_outputs
         self.meta = ModelMeta.load(model_dir)
         self.latencies = self.meta.served_latencies(latencies)
-        self.default_latency = self.meta.default_latency if self.meta.default_latency in self.latencies \
-            else next(iter(self.latencies))
         self.bank = BankTensors.for_model(self.meta, slots)
         if weights not in ("shared", "private"):
             raise ValueError(f"weights must be 'shared' or 'private', not {weights!r}")
@@ -202,13 +200,7 @@ class StreamingRunner:
     def latency(self, name: str | None):
         """The served latency ``name`` (None or "": the default); a ValueError that names the served
         ones for a latency this runner does not serve."""
-        if not name:
-            return self.latencies[self.default_latency]
-        lat = self.latencies.get(name)
-        if lat is None:
-            known = "is not served here" if name in self.meta.latencies else "is not in this model"
-            raise ValueError(f"latency {name!r} {known}; served latencies: {', '.join(self.latencies)}")
-        return lat
+        return self.meta.served_latency(name, self.latencies)
 
     # -- stepping --------------------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ process (Triton model instances) that maps the same file.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
+
+from .metadata import read_tagged_json
 
 WEIGHTS_NAME = "weights.bin"
 INDEX_NAME = "weights.json"
@@ -41,15 +42,10 @@ class SharedWeights:
         import onnxruntime as ort
 
         self.root = Path(root)
-        index_path = self.root / INDEX_NAME
         try:
-            index = json.loads(index_path.read_text())
-        except FileNotFoundError:
-            raise WeightsError(f"{index_path}: missing (re-export the model with `brogue export`)") from None
-        except json.JSONDecodeError as e:
-            raise WeightsError(f"{index_path}: not valid JSON ({e})") from None
-        if index.get("format") != INDEX_FORMAT:
-            raise WeightsError(f"{index_path}: format {index.get('format')!r}, expected {INDEX_FORMAT!r}")
+            index = read_tagged_json(self.root / INDEX_NAME, INDEX_FORMAT, WeightsError)
+        except FileNotFoundError as e:
+            raise WeightsError(str(e)) from None
         path = self.root / index["file"]
         if not path.is_file():
             raise WeightsError(f"{path}: missing")
