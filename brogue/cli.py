@@ -130,12 +130,13 @@ def serve(
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from brogue.server.triton_client import ModelMismatch
+    from brogue.server.tritonserver import TritonNotFound, TritonServerError
 
     lats = tuple(n.strip() for n in latencies.split(",") if n.strip())
     try:
         serve_gateway(model_repository, tenants=tenants, triton_urls=triton_url, model_dir=model_dir, latencies=lats,
                       listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key))
-    except (ModelMismatch, ValueError) as e:
+    except (ModelMismatch, ValueError, TritonNotFound, TritonServerError) as e:
         _fail(str(e))
 
 

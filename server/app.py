@@ -18,7 +18,7 @@ import grpc
 from websockets.asyncio.server import serve as ws_serve
 
 from .gateway import Gateway, GatewayConfig
-from .websocket import ConnectionLimits, WebSocketFrontEnd
+from .websocket import ConnectionLimits, WebSocketFrontEnd, handshake_logger
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,26 @@ def _grpc_servicers(gateway: Gateway, server: grpc.aio.Server) -> None:
     add_riva_asr(gateway, server)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    for name in ("", "nvidia.riva.asr.RivaSpeechRecognition"):
-        asyncio.get_event_loop().create_task(hs.set(name, health_pb2.HealthCheckResponse.SERVING))
+    loop = asyncio.get_event_loop()
+
+    def set_status(ready: bool) -> None:  # SERVING only while a Triton instance is ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", "nvidia.riva.asr.RivaSpeechRecognition"):
+            loop.create_task(hs.set(name, status))
+
+    set_status(gateway.ready)
+    gateway.on_ready_change.append(set_status)
 
 
 async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: ConnectionLimits = ConnectionLimits(),
                       started: asyncio.Event | None = None, grpc_services: bool = True, handle_signals: bool = False,
-                      drain_seconds: float = DRAIN_SECONDS) -> None:
+                      drain_seconds: float = DRAIN_SECONDS, metrics=None) -> None:
     """Serve until cancelled, or (``handle_signals``) until SIGTERM or SIGINT; ``started`` is set
-    once every port listens. Either way it drains before returning (see :func:`_drain`)."""
-    gateway = Gateway(config)
+    once every port listens. Either way it drains before returning (see :func:`_drain`). The Triton
+    instances are probed all along (:meth:`TritonPool.watch`): streams go to ready ones only."""
+    gateway = Gateway(config, metrics)
     await gateway.check_triton()  # ModelMismatch: Triton serves another model; nothing listens yet
+    watcher = asyncio.get_running_loop().create_task(gateway.pool.watch())
     front = WebSocketFrontEnd(gateway, limits)
     ssl_ctx, grpc_creds = None, None
     if listen.tls_cert or listen.tls_key:
@@ -80,7 +89,8 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
             await server.start()
             servers.append(server)
     ws_server = await ws_serve(front.handler, listen.host, listen.http_port, process_request=front.process_request,
-                               max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=20, ping_timeout=20)
+                               max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=20, ping_timeout=20,
+                               logger=handshake_logger())
     scheme = "wss" if ssl_ctx else "ws"
     log.info("gateway: %s://%s:%d/v1/stream, page and /metrics on the same port; gRPC %s; admin %s",
              scheme, listen.host, listen.http_port, addr, admin_addr)
@@ -100,6 +110,7 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
         for sig in handled:
             loop.remove_signal_handler(sig)
         await _drain(front, ws_server, servers, drain_seconds)
+        watcher.cancel()
 
 
 async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, seconds: float) -> None:
@@ -125,33 +136,40 @@ async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, second
 
 def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], listen: Listen = Listen(),
           model_dir: Path | None = None, latencies: tuple[str, ...] = (),
-          limits: ConnectionLimits = ConnectionLimits(), triton_timeout: float = 240.0) -> None:
+          limits: ConnectionLimits = ConnectionLimits(), triton_timeout: float = 240.0,
+          supervision: dict | None = None) -> None:
     """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block.
 
     The bundled Triton serves ``model_dir`` (default ``MODEL_REPOSITORY/exported/demo``) at
-    ``latencies`` (default: all the model has), the same model the gateway decodes with; instances
-    at ``triton_urls`` are asked which model they serve, and a mismatch stops the gateway."""
+    ``latencies`` (default: all the model has), the same model the gateway decodes with, and is
+    restarted whenever it exits (:class:`~brogue.server.triton_supervisor.TritonSupervisor`, with
+    ``supervision`` as its keyword arguments). Instances at ``triton_urls`` belong to someone else:
+    they are asked which model they serve (a mismatch stops the gateway) and probed, never restarted."""
     import contextlib
     import signal
 
+    from .metrics import Metrics
+    from .triton_supervisor import TritonSupervisor
     from .tritonserver import TritonProcess, _raise_keyboard_interrupt
 
     # SIGTERM (systemd, kubernetes, `kill`) must unwind like Ctrl-C, so the tritonserver we started stops too.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     model_dir = Path(model_dir or model_repository / "exported" / "demo").resolve()
+    metrics = Metrics()
     with contextlib.ExitStack() as stack:
         if not triton_urls:
             params = {"MODEL_DIR": str(model_dir), "LATENCIES": ",".join(latencies)}
-            triton = stack.enter_context(TritonProcess(model_repository, models=("asr_streaming",),
-                                                       parameters={"asr_streaming": params}).start(
-                timeout=triton_timeout))
+            triton = TritonProcess(model_repository, models=("asr_streaming",), parameters={"asr_streaming": params})
+            stack.enter_context(TritonSupervisor(triton, start_timeout=triton_timeout,
+                                                 on_restart=metrics.triton_restarts.inc,
+                                                 **(supervision or {})).start())
             triton_urls = [triton.grpc_url]
             log.info("tritonserver ready at %s (log: %s)", triton.grpc_url, triton.log_path)
         config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls),
                                store_dir=Path(model_repository) / "adapters", latencies=tuple(latencies))
         try:
             # the loop handles SIGTERM/SIGINT from here on, and drains before Triton is stopped
-            asyncio.run(run_gateway(config, listen, limits, handle_signals=True))
+            asyncio.run(run_gateway(config, listen, limits, handle_signals=True, metrics=metrics))
         except KeyboardInterrupt:
             pass

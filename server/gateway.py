@@ -67,6 +67,10 @@ class Gateway:
         self.tenants = TenantRegistry(config.tenants_file)
         self.pool = TritonPool(list(config.triton_urls), model=config.model, fingerprint=self.meta.fingerprint)
         self.metrics = metrics or Metrics()
+        self.pool.warm = self.tenant_adapters
+        self.pool.on_change = self._ready_changed
+        self.metrics.triton_ready.set(len(self.pool.ready_urls()))
+        self.on_ready_change = []  # callbacks(ready: bool), e.g. the gRPC health service
         self._stopping: asyncio.Future | None = None
 
     @property
@@ -107,6 +111,26 @@ class Gateway:
             return self.tenants.authenticate(api_key)
         except AuthError as e:
             raise StreamError("unauthenticated", str(e)) from None
+
+    def tenant_adapters(self) -> list[str]:
+        """The adapters tenants use now: what a (re)joining Triton instance loads first."""
+        return sorted({t.adapter for t in self.tenants.tenants().values() if t.adapter})
+
+    def _ready_changed(self, ready_urls: list[str]) -> None:
+        self.metrics.triton_ready.set(len(ready_urls))
+        for callback in self.on_ready_change:
+            callback(bool(ready_urls))
+
+    @property
+    def ready(self) -> bool:
+        """At least one Triton instance is ready with this gateway's model."""
+        return bool(self.pool.ready_urls())
+
+    def require_ready(self) -> None:
+        """Refuse a new stream (``unavailable``) while no Triton instance can take it."""
+        if not self.ready:
+            raise StreamError("unavailable", f"no Triton instance is ready ({', '.join(self.pool.urls)}); "
+                                             "try again later")
 
     async def check_triton(self) -> None:
         """Refuse to serve (:class:`ModelMismatch`) when a Triton instance serves another model than

@@ -25,6 +25,10 @@ class Metrics:
         self.rtf = Histogram("brogue_real_time_factor", "Processing time over audio time, per stream", registry=r,
                              buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0))
         self.audio_seconds = Counter("brogue_audio_seconds_total", "Audio received", ["tenant"], registry=r)
+        self.triton_ready = Gauge("brogue_triton_ready_instances", "Triton instances ready with the gateway's model",
+                                  registry=r)
+        self.triton_restarts = Counter("brogue_triton_restarts_total",
+                                       "Restarts of the tritonserver that brogue serve supervises", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import logging
 import secrets
-import time
 
 import grpc
 import numpy as np
@@ -183,19 +182,41 @@ class Sequence:
 
 
 class TritonPool:
-    """Triton instances serving ``model``; :meth:`open` starts a sequence on the least loaded one."""
+    """Triton instances serving ``model``; :meth:`open` starts a sequence on the least loaded ready one.
 
-    def __init__(self, urls: list[str], *, model: str = MODEL, timeout: float = 30.0, retry_down_after: float = 2.0,
+    Readiness: :meth:`watch` asks every instance, every ``interval`` seconds, whether the model is
+    ready (Triton's own health API). An instance that stops answering, or a stream that finds it gone
+    (:meth:`mark_down`), is not ready at once; when it answers again it is admitted only after it
+    proves it serves :attr:`fingerprint` (an empty sequence) and its bank has been warmed with the
+    adapters ``warm()`` names (so a restarted Triton has them loaded before streams need them).
+    ``on_change(ready_urls)`` is called on every change. New streams go to ready instances only.
+    """
+
+    def __init__(self, urls: list[str], *, model: str = MODEL, timeout: float = 30.0,
                  fingerprint: str | None = None):
         if not urls:
             raise ValueError("at least one Triton URL is needed")
         self.urls, self.model, self.timeout = list(urls), model, timeout
         self.fingerprint = fingerprint  # every stream's first reply must carry it (None: unchecked)
-        self.retry_down_after = retry_down_after
         self.live = {u: 0 for u in self.urls}
-        self._down: dict[str, float] = {}
+        self.ready = {u: True for u in self.urls}  # until check_models or the first probe says otherwise
+        self.warm = lambda: []  # adapter references to load into a (re)joining instance's bank
+        self.on_change = lambda ready_urls: None
         self._ids = itertools.count(secrets.randbits(62))
         self._background: set[asyncio.Task] = set()
+
+    def ready_urls(self) -> list[str]:
+        return [u for u in self.urls if self.ready[u]]
+
+    def _set_ready(self, url: str, ready: bool, why: str = "") -> None:
+        if self.ready[url] == ready:
+            return
+        self.ready[url] = ready
+        if ready:
+            log.info("Triton at %s is ready", url)
+        else:
+            log.warning("Triton at %s is not ready%s", url, f": {why}" if why else "")
+        self.on_change(self.ready_urls())
 
     def _detach(self, coro) -> None:
         """Run ``coro`` in the background, holding a reference until it is done."""
@@ -204,53 +225,78 @@ class TritonPool:
         task.add_done_callback(self._background.discard)
 
     def mark_down(self, url: str) -> None:
-        self._down[url] = time.monotonic()
-        log.warning("Triton at %s marked down", url)
+        self._set_ready(url, False, "a stream lost it")
 
     def _release(self, url: str) -> None:
         self.live[url] = max(0, self.live[url] - 1)
 
     def open(self, *, adapter: str = "", latency: str = "") -> Sequence:
-        now = time.monotonic()
-        up = [u for u in self.urls if now - self._down.get(u, -1e9) > self.retry_down_after]
+        up = self.ready_urls()
         if not up:
-            raise TritonUnavailable(f"no Triton instance is up ({', '.join(self.urls)})")
+            raise TritonUnavailable(f"no Triton instance is ready ({', '.join(self.urls)}); try again later")
         url = min(up, key=lambda u: self.live[u])
         self.live[url] += 1
         return Sequence(self, url, next(self._ids), adapter, latency, self.timeout)
 
+    async def _ask_model(self, url: str, adapter: str = "") -> ChunkReply:
+        """An empty sequence (START and END, no audio) on ``url``, with ``adapter`` loaded for it."""
+        client = aioclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        try:
+            result = await client.infer(self.model, request_inputs(np.zeros(0, np.float32), start=True,
+                                                                   adapter=adapter),
+                                        sequence_id=next(self._ids), sequence_start=True, sequence_end=True,
+                                        client_timeout=self.timeout)
+        finally:
+            await client.close()
+        return parse_reply(result)
+
     async def check_models(self, model_dir: str = "") -> list[str]:
-        """Ask each instance which model it serves (an empty sequence: START and END, no audio) and
-        raise :class:`ModelMismatch` for one that serves another model than :attr:`fingerprint`.
-        Returns the URLs that could not be asked (down or not ready: their streams are checked as they
-        start)."""
+        """Ask each instance which model it serves and raise :class:`ModelMismatch` for one that serves
+        another model than :attr:`fingerprint`. Returns the URLs that could not be asked (down or not
+        ready yet): they are not ready until :meth:`watch` admits them."""
         unreachable = []
         for url in self.urls:
-            client = aioclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
             try:
-                result = await client.infer(self.model, request_inputs(np.zeros(0, np.float32), start=True),
-                                            sequence_id=next(self._ids), sequence_start=True, sequence_end=True,
-                                            client_timeout=self.timeout)
+                reply = await self._ask_model(url)
             except (InferenceServerException, grpc.RpcError, OSError) as e:
                 log.warning("cannot ask Triton at %s which model it serves yet: %s", url, e)
                 unreachable.append(url)
+                self._set_ready(url, False, "not answering")
                 continue
-            finally:
-                await client.close()
-            check_fingerprint(url, parse_reply(result).model_fingerprint, self.fingerprint, model_dir)
+            check_fingerprint(url, reply.model_fingerprint, self.fingerprint, model_dir)
         return unreachable
 
-    async def ready(self) -> dict[str, bool]:
-        """Which instances have the model ready (and clear the down mark of those that do)."""
-        out = {}
-        for u in self.urls:
-            client = aioclient.InferenceServerClient(u, channel_args=CHANNEL_ARGS)
+    async def _admit(self, url: str) -> None:
+        """Check a (re)joining instance's model and warm its bank, then mark it ready."""
+        try:
+            check_fingerprint(url, (await self._ask_model(url)).model_fingerprint, self.fingerprint)
+        except ModelMismatch as e:
+            log.error("%s", e)
+            return
+        except (InferenceServerException, grpc.RpcError, OSError):
+            return
+        for ref in self.warm():
             try:
-                out[u] = bool(await client.is_model_ready(self.model))
-            except Exception:  # noqa: BLE001 - any failure means not ready
-                out[u] = False
-            finally:
+                await self._ask_model(url, ref)
+            except (InferenceServerException, grpc.RpcError, OSError) as e:
+                log.warning("warming adapter %s on Triton at %s failed: %s", ref, url, e)
+        self._set_ready(url, True)
+
+    async def watch(self, interval: float = 0.5) -> None:
+        """Probe every instance every ``interval`` seconds until cancelled (see the class docstring)."""
+        clients = {u: aioclient.InferenceServerClient(u, channel_args=CHANNEL_ARGS) for u in self.urls}
+        try:
+            while True:
+                for url, client in clients.items():
+                    try:
+                        ok = bool(await client.is_model_ready(self.model, client_timeout=max(interval, 1.0)))
+                    except Exception:  # noqa: BLE001 - any failure means not ready
+                        ok = False
+                    if not ok:
+                        self._set_ready(url, False, "its health API says the model is not ready")
+                    elif not self.ready[url]:
+                        await self._admit(url)
+                await asyncio.sleep(interval)
+        finally:
+            for client in clients.values():
                 await client.close()
-            if out[u]:
-                self._down.pop(u, None)
-        return out

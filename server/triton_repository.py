@@ -32,17 +32,16 @@ def read_config(model_folder: str | Path):
 def overlay_repository(source: str | Path, dest: str | Path,
                        parameters: Mapping[str, Mapping[str, str]]) -> Path:
     """Build ``dest``: ``source`` with the config parameters of each model in ``parameters``
-    (``{model: {KEY: value}}``) set. Returns ``dest``."""
+    (``{model: {KEY: value}}``) set. Returns ``dest``. A model of ``parameters`` that ``source`` does
+    not hold is not an error here: Triton, asked to load it, fails with its own message."""
     source, dest = Path(source).resolve(), Path(dest)
     from google.protobuf import text_format
 
     dest.mkdir(parents=True, exist_ok=True)
-    for model in parameters:
-        if not (source / model / "config.pbtxt").is_file():
-            raise FileNotFoundError(f"{source}: no model {model!r} to set parameters of")
     for entry in sorted(source.iterdir()):
         target = dest / entry.name
-        if entry.name not in parameters:
+        # a model the repository lacks is left for Triton to report (its load fails, with the reason)
+        if entry.name not in parameters or not (entry / "config.pbtxt").is_file():
             target.symlink_to(entry)
             continue
         config = read_config(entry)

@@ -336,6 +336,17 @@ class TritonProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def log_errors(self) -> list[str]:
+        """The server log's error lines (``E...`` records and ``error: ...``), the noise of a host
+        without GPU (CUDA driver, GPU metrics) left out: why a start failed, however long the log."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except (OSError, RuntimeError):
+            return []
+        return [l.split("] ", 1)[-1].strip('"') for l in lines
+                if (l.startswith("E") and l[1:5].isdigit() or l.startswith("error:")) and "Cuda" not in l
+                and "GPU" not in l]
+
     def __enter__(self) -> TritonProcess:
         return self if self._process is not None else self.start()
 
@@ -358,8 +369,8 @@ class TritonProcess:
                 code = process.poll()
                 if code is not None:
                     raise TritonServerError(
-                        f"tritonserver exited with code {code} before it was ready; "
-                        f"log tail:\n{self.log_tail()}"
+                        f"tritonserver exited with code {code} before it was ready: "
+                        f"{'; '.join(self.log_errors()) or 'no error in its log'}. Log tail:\n{self.log_tail()}"
                     )
                 if self._ready(client):
                     return

@@ -7,7 +7,8 @@ back as JSON. Everything stream-related is :meth:`Gateway.run_stream`; this modu
 and enforces the per-connection limits (frame size, message rate, idle time, a client too slow to
 read its results).
 
-HTTP on the same port: ``/`` (the browser page), ``/metrics`` (Prometheus), ``/healthz``.
+HTTP on the same port: ``/`` (the browser page), ``/metrics`` (Prometheus), ``/livez`` (the process
+answers), ``/readyz`` and ``/healthz`` (200 only while a Triton instance is ready with the model).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 _CLOSE_CODES = {"unauthenticated": 1008, "limit": 1008, "bad_request": 1008, "bad_audio": 1003,
-                "adapter": 1011, "unavailable": 1011, "internal": 1011, "idle": 1001, "slow_client": 1008}
+                "adapter": 1011, "unavailable": 1013, "internal": 1011, "idle": 1001, "slow_client": 1008}
 _ENDPOINTING_KEYS = {f for f in EndpointingConfig.__dataclass_fields__}
 
 
@@ -54,6 +55,30 @@ class ConnectionLimits:
     # Kernel send buffer of each connection: with the library's 32 KiB write limit, what a client that
     # stops reading can make the gateway hold (results are small: 64 KiB is seconds of them).
     send_buffer_bytes: int = 64 << 10
+
+
+class QuietHandshakes(logging.Filter):
+    """For the WebSocket server's logger: a connection that closes before or during its opening
+    handshake (a TCP health check, a port scanner, a client that gave up) is one DEBUG line, not an
+    ERROR with a traceback. Other handshake failures keep their ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "opening handshake failed" or not record.exc_info:
+            return True
+        err = record.exc_info[1]
+        causes = {type(err), type(err.__cause__), type(err.__context__)}
+        if causes & {EOFError, ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError}:
+            log.debug("connection closed during the opening handshake: %s", err)
+            return False
+        return True
+
+
+def handshake_logger() -> logging.Logger:
+    """The logger the WebSocket server gets: ``websockets.server`` with :class:`QuietHandshakes`."""
+    logger = logging.getLogger("websockets.server")
+    if not any(isinstance(f, QuietHandshakes) for f in logger.filters):
+        logger.addFilter(QuietHandshakes())
+    return logger
 
 
 def parse_config(text) -> SessionConfig:
@@ -122,8 +147,12 @@ class WebSocketFrontEnd:
             return None
         if path == "/metrics":
             return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE_LATEST)]), self.gateway.metrics.render())
-        if path == "/healthz":
+        if path == "/livez":  # the gateway process answers
             return connection.respond(HTTPStatus.OK, "ok\n")
+        if path in ("/readyz", "/healthz"):  # a Triton instance is ready with the gateway's model
+            if self.gateway.ready:
+                return connection.respond(HTTPStatus.OK, "ready\n")
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "no Triton instance is ready\n")
         if path in ("/", "/index.html") or path.startswith("/static/"):
             return self._static(connection, "index.html" if path in ("/", "/index.html") else path[len("/static/"):])
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
@@ -157,6 +186,7 @@ class WebSocketFrontEnd:
             except asyncio.TimeoutError:
                 await self._fail(ws, StreamError("idle", f"no config within {lim.config_seconds:g} s"))
                 return
+            self.gateway.require_ready()  # no Triton ready: 1013 (try again later), never "ready" first
             lease = self.gateway.open_lease(tenant)  # over the limit: refused before "ready"
             tenant = lease.tenant
             try:

@@ -55,10 +55,20 @@ def test_bad_audio_is_refused_clearly():
         AudioDecoder("opus", 16000)
     with pytest.raises(AudioFormatError, match="NaN"):
         decode(np.array([0.0, np.nan], "<f4").tobytes(), "float32")
+
+
+def test_pcm16_split_at_odd_bytes_is_carried_to_the_next_frame():
+    """Clients that forward audio in arbitrary byte blocks (pipes, RTP bridges, file reads) split
+    samples across frames: the odd byte waits for the next frame; a stray last byte is dropped."""
+    pcm = (np.random.default_rng(0).standard_normal(4001) * 3000).astype("<i2").tobytes()
+    whole = AudioDecoder("pcm16", 16000)
+    want = np.concatenate([whole.feed(pcm), whole.flush()])
     d = AudioDecoder("pcm16", 16000)
-    d.feed(b"\x01\x02\x03")
-    with pytest.raises(AudioFormatError, match="inside a sample"):
-        d.flush()
+    cuts = [0, 1, 4, 333, 3001, 8001, len(pcm) + 1]
+    got = [d.feed(pcm[a:b] + (b"\x7f" if b > len(pcm) else b"")) for a, b in zip(cuts, cuts[1:])]
+    got.append(d.flush())
+    np.testing.assert_array_equal(np.concatenate(got), want)
+    assert d.dropped_bytes == 1 and whole.dropped_bytes == 0
 
 
 def test_endpointer_finds_the_end_of_speech():

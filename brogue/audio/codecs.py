@@ -68,7 +68,8 @@ class AudioDecoder:
                                    f"{', '.join(map(str, SAMPLE_RATES))}")
         self.encoding, self.sample_rate, self.target_rate = encoding, sample_rate, target_rate
         self._width = _WIDTH[encoding]
-        self._partial = b""
+        self._partial = b""  # the bytes of a sample split across frames: kept for the next frame
+        self.dropped_bytes = 0
         self._resampler = None if sample_rate == target_rate else \
             soxr.ResampleStream(sample_rate, target_rate, 1, dtype="float32", quality="HQ")
         self.samples_in = 0  # input samples decoded, at the input rate
@@ -83,10 +84,10 @@ class AudioDecoder:
         return self._resample(x, last=False)
 
     def flush(self) -> np.ndarray:
-        """End of stream: the resampler's tail. A dangling partial sample is an error."""
-        if self._partial:
-            raise AudioFormatError(f"stream ended inside a sample: {len(self._partial)} stray byte(s) for "
-                                   f"{self.encoding}")
+        """End of stream: the resampler's tail. The bytes of a last, incomplete sample (a client that
+        forwards audio in arbitrary byte blocks) are dropped, and counted in ``dropped_bytes``."""
+        self.dropped_bytes = len(self._partial)
+        self._partial = b""
         return self._resample(np.zeros(0, np.float32), last=True)
 
     def _resample(self, x: np.ndarray, last: bool) -> np.ndarray:

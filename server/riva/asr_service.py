@@ -106,6 +106,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         lease = None
         try:
             tenant = self._authenticate(context)
+            self.gateway.require_ready()  # no Triton ready: UNAVAILABLE before any audio is taken
             requests = request_iterator.__aiter__()
             first = await self._next(requests)
             if first is None or not first.HasField("streaming_config"):
@@ -164,6 +165,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         lease = None
         try:
             tenant = self._authenticate(context)
+            self.gateway.require_ready()  # no Triton ready: UNAVAILABLE before any audio is taken
             check_config(self.gateway, request.config)
             lease = self.gateway.open_lease(tenant)
             config, audio, size = session_config(self.gateway, request.config, request.audio, True, False)
