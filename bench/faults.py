@@ -12,12 +12,15 @@ the numbers are the evidence.
   clean gRPC error (UNAVAILABLE), and later streams succeed;
 - ``adapter_publish``: a new adapter version is published and assigned every 10 s;
 - ``slow_client``: a client that never reads its results, beside normal callers;
+- ``supervised_triton``: ``brogue serve`` owns its tritonserver, which is SIGKILLed every 5 minutes
+  for 30 minutes under load; only Brogue's supervisor brings it back;
 - :func:`soak`: a fixed load for many minutes, sampling RSS, live streams and Triton's live sequences.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import threading
@@ -291,8 +294,82 @@ def slow_client(stack: Stack, clips: list[Clip], n: int = 4, audio_s: float = 60
             "ok": slow["disconnected"] and slow["server_counted_slow_client"] >= 1 and s["errors"] == 0}
 
 
+def _readyz(stack: Stack) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{stack.http_port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def _slope_per_hour(samples: list[dict], key: str) -> float:
+    """Least-squares slope of ``key`` over ``t_s``, per hour."""
+    t = np.array([s["t_s"] for s in samples], float)
+    y = np.array([s[key] for s in samples], float)
+    if len(t) < 3 or np.ptp(t) == 0:
+        return 0.0
+    return float(np.polyfit(t, y, 1)[0] * 3600)
+
+
+def supervised_triton(stack: Stack, clips: list[Clip], n: int = 28, minutes: float = 30.0, every_s: float = 300.0,
+                      sample_s: float = 15.0, window_s: float = 5.0, log=print) -> dict:
+    """``brogue serve`` with its own tritonserver (``stack.owned_triton``) under ``n`` callers for
+    ``minutes``; every ``every_s`` seconds the tritonserver is SIGKILLed, and nothing but Brogue's
+    supervisor restarts it. Per kill: the streams it hit (live at the kill), and the seconds until
+    ``/readyz`` answers 200 again. Errors outside the windows [kill, ready + ``window_s``] must be 0."""
+    if not stack.owned_triton:
+        raise ValueError("supervised_triton needs a Stack(owned_triton=True): brogue serve must own Triton")
+    load = BackgroundLoad(stack, clips, n).start()
+    t0 = time.monotonic()
+    kills, samples = [], []
+    next_kill, next_sample = t0 + every_s, t0 + sample_s
+    while time.monotonic() - t0 < minutes * 60:
+        now = time.monotonic()
+        if now >= next_kill:
+            pid = stack.owned_triton_pid()
+            t_kill = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            while _readyz(stack):  # the gateway's probe notices
+                time.sleep(0.05)
+            t_down = time.monotonic()
+            while not _readyz(stack):
+                time.sleep(0.2)
+            kills.append({"at_s": round(t_kill - t0, 1), "pid": pid, "t_kill": t_kill, "t_ready": time.monotonic(),
+                          "not_ready_after_s": round(t_down - t_kill, 2),
+                          "ready_again_after_s": round(time.monotonic() - t_kill, 1)})
+            log(f"  kill {len(kills)}: {kills[-1]}")
+            next_kill += every_s
+        if now >= next_sample:
+            _, g = tree_usage(stack.gateway.pid)
+            samples.append({"t_s": round(now - t0), "gateway_rss_mb": round(g / 2**20, 1),
+                            "gateway_streams": gateway_active_streams(stack), "streams_done": len(load.records),
+                            "errors": sum(1 for r in load.records if r.error)})
+            next_sample += sample_s
+        time.sleep(0.05)
+    records = load.stop()
+    for k in kills:
+        hit = _window(records, k["t_kill"], k["t_kill"])
+        k["streams_hit"] = len(hit)
+        k["hit_errors"] = sum(1 for r in hit if r.error)
+        k["hit_codes"] = sorted({_code(r) for r in hit if r.error})
+    windows = [(k["t_kill"], k["t_ready"] + window_s) for k in kills]
+    inside = [r for r in records if r.error and any(r.t_start <= b and r.t_end >= a for a, b in windows)]
+    outside = [r for r in records if r.error and not any(r.t_start <= b and r.t_end >= a for a, b in windows)]
+    s = _summary(records)
+    for k in kills:
+        k.pop("t_kill"), k.pop("t_ready")
+    slope = _slope_per_hour(samples[max(1, int(60 / sample_s)):], "gateway_rss_mb")  # after the first minute
+    return {"scenario": "supervised_triton", "minutes": minutes, "callers": n, "kill_every_s": every_s, **s,
+            "kills": kills, "refused_while_not_ready": len(inside) - sum(k["hit_errors"] for k in kills),
+            "errors_outside_kill_windows": len(outside),
+            "outside_codes": sorted({_code(r) for r in outside}), "gateway_rss_slope_mb_per_hour": round(slope, 1),
+            "samples": samples,
+            "ok": len(outside) == 0 and len(kills) == int((minutes * 60 - 1e-6) // every_s) and all(
+                k["ready_again_after_s"] < 60 for k in kills)}
+
+
 SCENARIOS = {"triton_restart": triton_restart, "gateway_restart": gateway_restart, "gateway_crash": gateway_crash,
              "adapter_publish": adapter_publish, "slow_client": slow_client}
+LONG_SCENARIOS = {"supervised_triton": supervised_triton}  # run only when named (30 minutes)
 
 
 def triton_live_sequences(stack: Stack) -> float | None:

@@ -46,6 +46,7 @@ class Stack(GatewayAddresses):
     bank_slots: int = 16
     max_streams: int = 512  # per tenant: the bench measures the servers, not the tenant limits
     tenants: list[BenchTenant] = field(default_factory=list)
+    owned_triton: bool = False  # `brogue serve` starts and supervises its own tritonserver
     triton: TritonProcess | None = None
     gateway: subprocess.Popen | None = None
 
@@ -127,7 +128,7 @@ class Stack(GatewayAddresses):
         log = (self.workdir / "gateway.log").open("a")
         cmd = [sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(self.root),
                "--model-dir", str(self.root / "exported" / self.model), "--tenants", str(self.tenants_file),
-               "--triton-url", self.triton.grpc_url, "--http-port", str(self.http_port),
+               *([] if self.owned_triton else ["--triton-url", self.triton.grpc_url]), "--http-port", str(self.http_port),
                "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port), "--log-level", "WARNING"]
         self.gateway = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_until_healthy(self.gateway, self.http_port, self.workdir / "gateway.log", timeout=timeout)
@@ -143,9 +144,21 @@ class Stack(GatewayAddresses):
 
     def start(self) -> "Stack":
         self.prepare()
-        self.start_triton()
-        self.start_gateway()
+        if self.owned_triton:
+            self.start_gateway(timeout=300)
+        else:
+            self.start_triton()
+            self.start_gateway()
         return self
+
+    def owned_triton_pid(self) -> int | None:
+        """The tritonserver that the gateway (``owned_triton``) runs now, or None between restarts."""
+        import psutil
+
+        for p in psutil.Process(self.gateway.pid).children():
+            if p.name() == "tritonserver" and p.status() != psutil.STATUS_ZOMBIE:
+                return p.pid
+        return None
 
     def stop(self) -> None:
         self.stop_gateway()
@@ -165,4 +178,6 @@ class Stack(GatewayAddresses):
             out["gateway"] = self.gateway.pid
         if self.triton is not None and self.triton.pid:
             out["triton"] = self.triton.pid
+        elif self.owned_triton and "gateway" in out and self.owned_triton_pid():
+            out["triton"] = self.owned_triton_pid()
         return out

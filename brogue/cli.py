@@ -452,41 +452,47 @@ def bench(
     typer.echo(f"capacity streams={result['capacity']}")
 
 
-def _fault_stack(model_repository: Path, model: str, workdir: Path):
+def _fault_stack(model_repository: Path, model: str, workdir: Path, owned_triton: bool = False):
     from brogue.bench.stack import Stack
 
-    return Stack(model_repository, workdir, model=model)
+    return Stack(model_repository, workdir, model=model, owned_triton=owned_triton)
 
 
 @app.command()
 def faults(
-    only: list[str] = typer.Option([], help="Scenario(s) to run (default: all): triton_restart, gateway_restart, gateway_crash, "
-                                            "adapter_publish, slow_client."),
+    only: list[str] = typer.Option([], help="Scenario(s) to run (default: all but the long one): triton_restart, "
+                                            "gateway_restart, gateway_crash, adapter_publish, slow_client; and "
+                                            "supervised_triton (brogue serve's own Triton killed every --every s "
+                                            "for --minutes)."),
     model_repository: Path = typer.Option(DEFAULT_MODEL_REPO),
     model: str = typer.Option("demo"),
     clips: Path = typer.Option(None, help="NeMo manifest of the clips (default: the test clips)."),
     streams: int = typer.Option(8, help="Callers under load during each fault."),
     out: Path = typer.Option(Path("bench-results") / "faults.json"),
+    minutes: float = typer.Option(30.0, help="supervised_triton: how long."),
+    every: float = typer.Option(300.0, help="supervised_triton: seconds between kills."),
 ):
     """Fault scripts under load: Triton killed, gateway restarted, adapters published, a slow client."""
     import json
     import tempfile
 
-    from brogue.bench.faults import SCENARIOS
+    from brogue.bench.faults import LONG_SCENARIOS, SCENARIOS
     from brogue.bench.run import load_clips
 
     names = only or list(SCENARIOS)
-    unknown = set(names) - set(SCENARIOS)
+    unknown = set(names) - set(SCENARIOS) - set(LONG_SCENARIOS)
     if unknown:
         _fail(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     clip_list = load_clips(clips or _clips_default())
     results = []
     for name in names:
         with tempfile.TemporaryDirectory(prefix="brogue-faults-") as tmp:
-            with _fault_stack(model_repository, model, Path(tmp)) as stack:
+            with _fault_stack(model_repository, model, Path(tmp), owned_triton=name in LONG_SCENARIOS) as stack:
                 console.print(f"{name}: running", highlight=False)
                 kw = {} if name == "slow_client" else {"n": streams}
-                r = SCENARIOS[name](stack, clip_list, **kw)
+                if name in LONG_SCENARIOS:
+                    kw.update(minutes=minutes, every_s=every)
+                r = {**SCENARIOS, **LONG_SCENARIOS}[name](stack, clip_list, **kw)
                 results.append(r)
                 console.print(f"{name}: {'ok' if r['ok'] else 'FAILED'} {json.dumps(r)}", highlight=False)
     out.parent.mkdir(parents=True, exist_ok=True)
