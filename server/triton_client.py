@@ -202,6 +202,7 @@ class TritonPool:
         self.ready = {u: True for u in self.urls}  # until check_models or the first probe says otherwise
         self.warm = lambda: []  # adapter references to load into a (re)joining instance's bank
         self.on_change = lambda ready_urls: None
+        self._refused: dict[str, str] = {}  # url -> why it was last refused admission
         self._ids = itertools.count(secrets.randbits(62))
         self._background: set[asyncio.Task] = set()
 
@@ -271,7 +272,9 @@ class TritonPool:
         try:
             check_fingerprint(url, (await self._ask_model(url)).model_fingerprint, self.fingerprint)
         except ModelMismatch as e:
-            log.error("%s", e)
+            if self._refused.get(url) != str(e):  # once per change, not twice a second
+                log.error("%s", e)
+            self._refused[url] = str(e)
             return
         except (InferenceServerException, grpc.RpcError, OSError):
             return
@@ -280,6 +283,7 @@ class TritonPool:
                 await self._ask_model(url, ref)
             except (InferenceServerException, grpc.RpcError, OSError) as e:
                 log.warning("warming adapter %s on Triton at %s failed: %s", ref, url, e)
+        self._refused.pop(url, None)
         self._set_ready(url, True)
 
     async def watch(self, interval: float = 0.5) -> None:

@@ -94,8 +94,7 @@ class StreamingRunner:
         if weights not in ("shared", "private"):
             raise ValueError(f"weights must be 'shared' or 'private', not {weights!r}")
         # Opening checks the file (size, SHA-256) in either mode; "private" then lets each session read it.
-        shared = SharedWeights.open(self.meta.root, verify=verify_weights,
-                                    device="cpu" if provider == "cpu" else "cuda", device_id=device_id)
+        shared = SharedWeights.open(self.meta.root, verify=verify_weights)
         self.weights = shared if weights == "shared" else None
         self.encoder = Encoder(self.meta, self.bank, provider, threads, device_id, latencies=list(self.latencies),
                                weights=self.weights)

@@ -35,10 +35,11 @@ class SharedWeights:
     """The tensors of ``root/weights.bin`` as ``OrtValue``\\ s, for :meth:`initializers`.
 
     ``verify``: check the SHA-256 of the whole file (a few seconds per GB); the size is always
-    checked. ``device``: "cpu", or "cuda" to place one copy of each tensor on GPU ``device_id``.
+    checked. The values live in host memory: on a GPU execution provider each session still places
+    its own device copy (keeping one copy on the device is the GPU engine's job, not done here).
     """
 
-    def __init__(self, root: str | Path, *, verify: bool = True, device: str = "cpu", device_id: int = 0):
+    def __init__(self, root: str | Path, *, verify: bool = True):
         import onnxruntime as ort
 
         self.root = Path(root)
@@ -65,7 +66,7 @@ class SharedWeights:
             if end > size:
                 raise WeightsError(f"{INDEX_NAME}: tensor {name!r} ends at byte {end}, past the file's {size}")
             arr = self._map[t["offset"]:end].view(np.dtype(t["dtype"])).reshape(t["shape"])
-            self.values[name] = ort.OrtValue.ortvalue_from_numpy(arr, device, device_id)
+            self.values[name] = ort.OrtValue.ortvalue_from_numpy(arr)
 
     @classmethod
     def open(cls, root: str | Path, **kw) -> "SharedWeights | None":

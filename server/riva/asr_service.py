@@ -106,13 +106,15 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         lease = None
         try:
             tenant = self._authenticate(context)
-            self.gateway.require_ready()  # no Triton ready: UNAVAILABLE before any audio is taken
             requests = request_iterator.__aiter__()
             first = await self._next(requests)
             if first is None or not first.HasField("streaming_config"):
                 raise StreamError("bad_request", "the first request must carry streaming_config")
             cfg = first.streaming_config
             check_config(self.gateway, cfg.config)
+            # No Triton ready: UNAVAILABLE before any audio is taken. (Aborting before the first request
+            # is read made grpc-core fail some of these calls as INTERNAL on the client, under load.)
+            self.gateway.require_ready()
             lease = self.gateway.open_lease(tenant)  # over the limit: refused before any audio is read
             head, final = b"", False  # peek at the first audio for a WAV header
             while not final and (not head or head.startswith(b"RIFF"[:len(head)])):
