@@ -156,8 +156,11 @@ class Stack(GatewayAddresses):
         import psutil
 
         for p in psutil.Process(self.gateway.pid).children():
-            if p.name() == "tritonserver" and p.status() != psutil.STATUS_ZOMBIE:
-                return p.pid
+            try:
+                if p.name() == "tritonserver" and p.status() != psutil.STATUS_ZOMBIE:
+                    return p.pid
+            except psutil.NoSuchProcess:  # exited meanwhile
+                pass
         return None
 
     def stop(self) -> None:

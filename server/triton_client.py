@@ -167,6 +167,9 @@ class Sequence:
                 or "socket closed" in low:
             self.pool.mark_down(self.url)
             return TritonUnavailable(f"Triton at {self.url} is unavailable: {msg}")
+        if self.started and ("has no state" in low or "must specify the start flag" in low):
+            # Triton restarted (or swept the sequence) under a live stream: its state is gone
+            return TritonUnavailable(f"Triton at {self.url} lost this stream's state (restarted?): {msg}")
         return SequenceError(msg)
 
     async def close(self) -> None:
