@@ -215,6 +215,10 @@ def test_one_of_two_tritons_killed_harms_only_its_own_streams(tiny_repo, tmp_pat
         assert _status(http, "/readyz") == 200
         again = asyncio.run(run_all(kill_after=None))  # new streams all go to the live instance
         assert [finals_text(m) for m in again] == want
+        b.stop()
+        b.start(timeout=240)  # the same ports: the instance comes back and rejoins
+        _until(lambda: _metric(http, "brogue_triton_ready_instances") == 2.0, 30, "the instance rejoins")
+        assert [finals_text(m) for m in asyncio.run(run_all(kill_after=None))] == want
     finally:
         gw.terminate()
         gw.wait(30)
