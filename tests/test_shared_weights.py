@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -87,20 +84,12 @@ def test_shared_weights_give_the_same_tokens_as_nemo_at_every_latency(multi):
     assert sum(meta["checks"][k] < 1e-3 for k in ("encoder_max_abs_diff",)) == 1
 
 
-_RSS_PROBE = textwrap.dedent("""
-    import json, sys, psutil
-    from brogue.engine.runner import StreamingRunner
-    p = psutil.Process()
-    before = p.memory_info().rss
-    runner = StreamingRunner(sys.argv[1], latencies=sys.argv[2] or None, weights=sys.argv[3])
-    print(json.dumps({"added": p.memory_info().rss - before, "sessions": len(runner.encoder._sessions)}))
-""")
-
-
 def _rss_added(out: Path, latencies: str, weights: str = "shared") -> dict:
-    r = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(out), latencies, weights], capture_output=True,
-                       text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    """RSS a runner adds in a fresh process: the probe ``brogue bench``'s real-size table uses."""
+    from brogue.bench.real_sizes import rss
+
+    r = rss(out, latencies, weights)
+    return {"added": r["rss_added"], "sessions": r["sessions"]}
 
 
 def test_sessions_share_one_copy_in_memory_and_load_only_served_latencies(multi):
