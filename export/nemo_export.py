@@ -344,14 +344,15 @@ def export_model(
             "checks": {"front_end_max_abs_diff": mel_err},
             "files": sorted(files),
         }
-        _keep_lm(out, meta)
+        old = _previous_export(out)
+        _keep_lm(old, meta)
         if verify:
             from .verify import verify_encoder
 
             meta["checks"]["encoder_max_abs_diff"] = verify_encoder(model, head, meta, stage)
         meta["export_seconds"] = round(time.perf_counter() - t0, 2)
         write_metadata(stage / "model.json", meta)
-        _publish(stage, out, meta["files"] + ["model.json"])
+        _publish(stage, out, meta["files"] + ["model.json"], old)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return meta
@@ -428,37 +429,34 @@ def _staging_folder(out: Path, weights: dict[str, torch.Tensor]) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
 
 
-def _keep_lm(out: Path, meta: dict) -> None:
-    """A re-export into a folder whose model has a CTC language model (``brogue lm``) keeps it, when
-    the new export decodes CTC over the same vocabulary: the LM is a property of the vocabulary."""
+def _previous_export(out: Path):
+    """The export already in ``out`` (its ``ModelMeta``), or None."""
     from brogue.engine.metadata import ModelMeta
 
     try:
-        old = ModelMeta.load(out)
+        return ModelMeta.load(out)
     except (FileNotFoundError, ValueError):
-        return
-    lm = old.ctc_lm
+        return None
+
+
+def _keep_lm(old, meta: dict) -> None:
+    """A re-export over an ``old`` export whose model has a CTC language model (``brogue lm``) keeps
+    it, when the new export decodes CTC over the same vocabulary: the LM is a property of the vocabulary."""
+    lm = None if old is None else old.ctc_lm
     if lm is None or meta["head"] != "ctc" or old.tokens != meta["vocabulary"]["tokens"]:
         return
     meta["decoding"]["ctc_lm"] = lm
     meta["files"] = sorted({*meta["files"], lm["file"]})
 
 
-def _publish(stage: Path, out: Path, files: list[str]) -> None:
-    """Move the finished export's ``files`` from ``stage`` into ``out``; files of an earlier export
+def _publish(stage: Path, out: Path, files: list[str], old) -> None:
+    """Move the finished export's ``files`` from ``stage`` into ``out``; files of the ``old`` export
     there that the new one no longer has are removed, anything else in ``out`` is kept."""
     out.mkdir(parents=True, exist_ok=True)
-    old = []
-    try:
-        from brogue.engine.metadata import ModelMeta
-
-        old = ModelMeta.load(out).raw.get("files", [])
-    except (FileNotFoundError, ValueError):
-        pass
     for f in files:
         if (stage / f).exists():  # the rest (a kept LM) is in ``out`` already
             os.replace(stage / f, out / f)
-    for f in set(old) - set(files):
+    for f in set(old.raw.get("files", []) if old is not None else ()) - set(files):
         (out / f).unlink(missing_ok=True)
 
 
