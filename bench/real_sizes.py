@@ -36,7 +36,7 @@ _PROBE = textwrap.dedent("""
     before = p.memory_info().rss
     r = StreamingRunner(sys.argv[1], latencies=sys.argv[2] or None, weights=sys.argv[3], threads=1)
     print(json.dumps({"rss_added": p.memory_info().rss - before, "rss": p.memory_info().rss,
-                      "sessions": len(r.encoder._sessions)}))
+                      "sessions": len(r.encoder.backend.sessions)}))
 """)
 
 

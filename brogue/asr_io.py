@@ -1,4 +1,5 @@
-"""The wire format of the Triton model ``asr_streaming``, shared by the gateway and the clients.
+"""The wire format of the Triton model ``asr_streaming`` in tritonclient terms, for the gateway and
+the clients (the model itself uses :mod:`brogue.asr_reply` only).
 
 :func:`request_inputs` builds the inputs of one chunk request (audio, and on START the adapter and
 latency); :func:`parse_reply` reads a reply into a :class:`ChunkReply`. The tensors are documented
@@ -8,27 +9,14 @@ in docs/asr-streaming.md. Works with both ``tritonclient.grpc`` and ``tritonclie
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-MODEL = "asr_streaming"
+from .asr_reply import MODEL, ChunkReply
+
+__all__ = ["MODEL", "ChunkReply", "parse_reply", "request_inputs"]
 _TYPES = {np.dtype(np.float32): "FP32", np.dtype(np.int16): "INT16", np.dtype(np.int32): "INT32",
           np.dtype(np.float64): "FP64"}
-
-
-@dataclass
-class ChunkReply:
-    tokens: list[int] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    confidences: list[float] = field(default_factory=list)
-    blank_probs: list[float] = field(default_factory=list)
-    text: str = ""
-    frames_done: int = 0
-    final: bool = False
-    adapter_ready: bool = True
-    model_fingerprint: str = ""  # on the reply to START: the served model's fingerprint (model.json)
 
 
 def _input(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:

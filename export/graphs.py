@@ -5,7 +5,9 @@
   :func:`encoder_outputs`, the only place they are spelled out on the export side;
 - :class:`RNNTDecoderStep` and :class:`RNNTJointStep`: one prediction-network step and one joint step;
 - :func:`onnx_export`: trace a module with the TorchScript exporter into a scratch folder, then hand
-  its weights to the model's :class:`~brogue.export.weights.WeightsWriter`.
+  its weights to the model's :class:`~brogue.export.weights.WeightsWriter`;
+- :func:`torch_export`: the same trace saved as TorchScript, for the torch backend, its weights
+  left in the same weights file.
 
 Both the export (:mod:`brogue.export.nemo_export`) and its self-check (:mod:`brogue.export.verify`)
 import from here, so neither imports the other.
@@ -134,6 +136,17 @@ def onnx_export(module, args, weights: WeightsWriter, name: str, input_names, ou
                 dynamo=False,
             )
         weights.add_graph(path, name)
+
+
+def torch_export(module, args, weights: WeightsWriter, name: str) -> None:
+    """Trace ``module`` with ``torch.jit.trace`` (the same trace the ONNX export makes) and save it as
+    ``name``, its weights left in the model's one weights file (:meth:`WeightsWriter.add_torch_step`)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, tuple(args), check_trace=False)
+    weights.add_torch_step(traced, name)
 
 
 def encoder_io(head: str):

@@ -35,9 +35,11 @@ import torch
 from brogue.audio.mel import MelConfig, log_mel, mel_filterbank
 from brogue.engine.metadata import FORMAT as MODEL_FORMAT
 from brogue.engine.metadata import bank_input_names
+from brogue.engine.torch_backend import step_file
 
 from .bank import BankHooks
-from .graphs import OPSET, EncoderGraph, ctc_head, RNNTDecoderStep, RNNTJointStep, encoder_io, example_inputs, exporting, onnx_export
+from .graphs import (OPSET, EncoderGraph, RNNTDecoderStep, RNNTJointStep, ctc_head, encoder_io, example_inputs,
+                     exporting, onnx_export, torch_export)
 from .weights import WeightsWriter
 
 log = logging.getLogger(__name__)
@@ -349,7 +351,7 @@ def export_model(
         if verify:
             from .verify import verify_encoder
 
-            meta["checks"]["encoder_max_abs_diff"] = verify_encoder(model, head, meta, stage)
+            meta["checks"].update(verify_encoder(model, head, meta, stage))
         meta["export_seconds"] = round(time.perf_counter() - t0, 2)
         write_metadata(stage / "model.json", meta)
         _publish(stage, out, meta["files"] + ["model.json"], old)
@@ -393,18 +395,19 @@ def _write_graphs(model, head: str, folder: Path, mel: MelConfig, max_adapter_di
                             else (lat["shift_size"][1] + lat["pre_encode_cache_size"][1])
                         args = example_inputs(enc, frames, n_layers, d_model, max_adapter_dim, mel.n_mels)
                         onnx_export(graph, args, weights, fname, *encoder_io(head))
+                        torch_export(graph, args, weights, step_file(fname))
                     finally:
                         enc.streaming_cfg.drop_extra_pre_encoded = drop
                     log.info("exported %s", fname)
                     lat["graphs"][variant] = fname
-                    files.append(fname)
+                    files += [fname, step_file(fname)]
                 if "first" not in lat["graphs"]:
                     lat["graphs"]["first"] = lat["graphs"]["steady"]
             enc.set_default_att_context_size(default_ctx)
             enc.setup_streaming_params()
             if head == "rnnt":
                 rnnt = _export_rnnt(model, weights)
-                files += [rnnt["decoder"], rnnt["joint"]]
+                files += [rnnt["decoder"], rnnt["joint"], step_file(rnnt["decoder"]), step_file(rnnt["joint"])]
         summary = weights.finish()
     finally:
         weights.abort()
@@ -469,8 +472,10 @@ def _export_rnnt(model, weights: WeightsWriter) -> dict:
     h = torch.zeros(layers, B, hidden)
     c = torch.zeros(layers, B, hidden)
     targets = torch.tensor([dec.blank_idx, 0], dtype=torch.int64)
+    decoder_step = RNNTDecoderStep(dec).eval()
+    torch_export(decoder_step, (targets, h, c), weights, step_file("rnnt_decoder.onnx"))
     onnx_export(
-        RNNTDecoderStep(dec).eval(), (targets, h, c), weights, "rnnt_decoder.onnx",
+        decoder_step, (targets, h, c), weights, "rnnt_decoder.onnx",
         ["targets", "h", "c"], ["decoder_output", "h_next", "c_next"],
         {"targets": {0: "B"}, "h": {1: "B"}, "c": {1: "B"}, "decoder_output": {0: "B"},
          "h_next": {1: "B"}, "c_next": {1: "B"}},
@@ -478,8 +483,10 @@ def _export_rnnt(model, weights: WeightsWriter) -> dict:
     enc_dim = int(joint.encoder_hidden) if hasattr(joint, "encoder_hidden") else int(model.encoder._feat_out)
     f = torch.randn(B, enc_dim)
     g = torch.randn(B, hidden)
+    joint_step = RNNTJointStep(joint).eval()
+    torch_export(joint_step, (f, g), weights, step_file("rnnt_joint.onnx"))
     onnx_export(
-        RNNTJointStep(joint).eval(), (f, g), weights, "rnnt_joint.onnx",
+        joint_step, (f, g), weights, "rnnt_joint.onnx",
         ["encoder_frame", "decoder_output"], ["logprobs"],
         {"encoder_frame": {0: "B"}, "decoder_output": {0: "B"}, "logprobs": {0: "B"}},
     )

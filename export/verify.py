@@ -2,8 +2,9 @@
 
 For each latency, three streaming steps (the first-chunk graph, then two steady steps, caches carried
 over) run on random features for a batch of two rows with different bank slots, in PyTorch (NeMo's
-own encoder code with the bank hooks) and in ONNX Runtime. The largest output difference is
-recorded in ``model.json``; above ``tol`` the export fails.
+own encoder code with the bank hooks), in ONNX Runtime, and in the TorchScript twin of each graph
+with its weights read from ``weights.bin`` (the torch backend's path). The largest output difference
+of each is recorded in ``model.json``; above ``tol`` the export fails.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brogue.engine.encoder import make_session
+from brogue.engine.memory import TorchMemory
+from brogue.engine.ort_session import make_session
+from brogue.engine.torch_backend import StepLoader, step_file
 from brogue.engine.weights import SharedWeights
 
 from .bank import BankHooks, identity_bank
@@ -24,9 +27,10 @@ class VerificationError(RuntimeError):
     pass
 
 
-def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -> float:
-    """The largest difference between ONNX Runtime (through the shared weights, as served) and PyTorch
-    over every latency's first and steady graphs; raises :class:`VerificationError` above ``tol``."""
+def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -> dict[str, float]:
+    """The largest differences between PyTorch and, through the shared weights as served, ONNX Runtime
+    and the TorchScript steps, over every latency's first and steady graphs (the ``checks`` of
+    model.json); raises :class:`VerificationError` above ``tol``."""
     enc = model.encoder
     L, d, r = meta["encoder"]["n_layers"], meta["encoder"]["d_model"], meta["adapters"]["max_dim"]
     n_mels = meta["features"]["n_mels"]
@@ -40,7 +44,9 @@ def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -
     graph = EncoderGraph(enc, ctc_head(model, head), hooks).eval()
     default = list(enc.att_context_size)
     weights = SharedWeights.open(out)
-    sessions = {}
+    loader = StepLoader(weights, TorchMemory("cpu"))
+    sessions, steps = {}, {}
+    worst_step = 0.0
     try:
         with exporting(model):
             for lat in meta["latencies"]:
@@ -72,6 +78,10 @@ def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -
                     got = sess.run(None, feeds)
                     n = int(ref[1].min())
                     worst = max(worst, float(np.abs(got[0][:, :n] - ref[0][:, :n].numpy()).max()))
+                    if name not in steps:
+                        steps[name] = loader.load(out / step_file(name))
+                    twin = steps[name](x, length, *(torch.from_numpy(c) for c in ort_caches), ids, *bank.values())
+                    worst_step = max(worst_step, float((twin[0][:, :n] - ref[0][:, :n]).abs().max()))
                     caches = list(ref[2:])
                     ort_caches = got[2:]
     finally:
@@ -80,4 +90,6 @@ def verify_encoder(model, head: str, meta: dict, out: Path, tol: float = 1e-3) -
         enc.setup_streaming_params()
     if worst > tol:
         raise VerificationError(f"ONNX encoder output differs from PyTorch by {worst:.2e} (> {tol})")
-    return worst
+    if worst_step > tol:
+        raise VerificationError(f"the TorchScript step's output differs from PyTorch by {worst_step:.2e} (> {tol})")
+    return {"encoder_max_abs_diff": worst, "torch_step_max_abs_diff": worst_step}

@@ -12,7 +12,9 @@ limit it writes one file per tensor beside the graph, under names that collide b
   into ``weights.bin`` through standard ONNX external data (``location``, ``offset``, ``length``),
   so any ONNX tool can still load a graph on its own;
 - smaller initializers (scalars, shapes, masks) and ``Constant`` node values stay inside their graph
-  (above 2 GB torch writes those to files of their own too: they are read back in).
+  (above 2 GB torch writes those to files of their own too: they are read back in);
+- the TorchScript twin of each encoder graph (:meth:`WeightsWriter.add_torch_step`, for the torch
+  backend) is saved without its weights, which it finds in the same file.
 
 :meth:`WeightsWriter.finish` writes ``weights.json``: per tensor its offset, length, dtype and shape,
 per graph the tensor names it uses, and the file's size and SHA-256, which the serving side checks
@@ -81,6 +83,7 @@ class WeightsWriter:
         self._by_content: dict[tuple, str] = {}
         self.tensors: dict[str, dict] = {}
         self.graphs: dict[str, list[str]] = {}
+        self.torch: dict[str, dict[str, list]] = {}  # TorchScript step -> {tensor: [stored name, transposed]}
 
     def _append(self, data: bytes) -> int:
         pad = -self._size % ALIGN
@@ -101,6 +104,58 @@ class WeightsWriter:
             name, n = f"{wanted}__{n}", n + 1
         return name
 
+    def _store(self, wanted: str, dtype: str, shape: list[int], data: bytes) -> str:
+        """The name of the tensor with these contents, appended to ``weights.bin`` if it is new."""
+        key = (dtype, tuple(shape), hashlib.sha256(data).hexdigest())
+        name = self._by_content.get(key)
+        if name is None:
+            name = self._unique_name(wanted)
+            self._by_content[key] = name
+            self.tensors[name] = {"offset": self._append(data), "length": len(data), "dtype": dtype, "shape": shape}
+        return name
+
+    def _find(self, a: np.ndarray) -> tuple[str, bool] | None:
+        """``(name, transposed)`` of a stored tensor equal to ``a``, or to its 2-D transpose."""
+        key = (a.dtype.str, tuple(a.shape), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+        if key in self._by_content:
+            return self._by_content[key], False
+        if a.ndim == 2:
+            t = np.ascontiguousarray(a.T)
+            key = (t.dtype.str, tuple(t.shape), hashlib.sha256(t.tobytes()).hexdigest())
+            if key in self._by_content:
+                return self._by_content[key], True
+        return None
+
+    def add_torch_step(self, traced, dest_name: str) -> Path:
+        """Save the TorchScript module ``traced`` as ``folder/dest_name`` without its tensors of
+        :data:`INLINE_BELOW` bytes or more. Each is found in ``weights.bin`` by content, as it is or as
+        the 2-D transpose the ONNX graphs' MatMuls hold (or appended, when no graph holds it), and
+        ``weights.json`` records where (its ``torch`` section). The module's tensors are the live
+        model's: they are put back once the file is written."""
+        import torch
+
+        where: dict[str, list] = {}
+        stripped = []
+        for name, t in [*traced.named_parameters(), *traced.named_buffers()]:
+            a = t.detach().cpu().numpy()
+            if a.nbytes < INLINE_BELOW:
+                continue
+            found = self._find(a)
+            if found is None:
+                found = (self._store(name, a.dtype.str, list(a.shape), np.ascontiguousarray(a).tobytes()), False)
+            where[name] = [found[0], found[1]]
+            stripped.append((t, t.data))
+        dest = self.folder / dest_name
+        try:
+            for t, _ in stripped:
+                t.data = torch.empty(0, dtype=t.dtype)
+            torch.jit.save(traced, str(dest))
+        finally:
+            for t, data in stripped:
+                t.data = data
+        self.torch[dest_name] = where
+        return dest
+
     def add_graph(self, exported: str | Path, dest_name: str) -> Path:
         """Move the initializers of the ONNX file ``exported`` (and its external data files beside
         it) into ``weights.bin``, and write the graph, now referencing it, as ``folder/dest_name``."""
@@ -119,14 +174,7 @@ class WeightsWriter:
                     t.data_location = TensorProto.DEFAULT
                     t.raw_data = data
                 continue
-            dtype, shape = _numpy_dtype(t), [int(d) for d in t.dims]
-            key = (dtype, tuple(shape), hashlib.sha256(data).hexdigest())
-            name = self._by_content.get(key)
-            if name is None:
-                name = self._unique_name(t.name)
-                self._by_content[key] = name
-                self.tensors[name] = {"offset": self._append(data), "length": len(data), "dtype": dtype,
-                                      "shape": shape}
+            name = self._store(t.name, _numpy_dtype(t), [int(d) for d in t.dims], data)
             del data
             if name != t.name:
                 renames[t.name] = name
@@ -160,7 +208,8 @@ class WeightsWriter:
         self._file.close()
         summary = {"file": WEIGHTS_NAME, "index": INDEX_NAME, "bytes": self._size,
                    "sha256": self._sha.hexdigest(), "tensors": len(self.tensors)}
-        index = {"format": INDEX_FORMAT, **summary, "tensors": self.tensors, "graphs": self.graphs}
+        index = {"format": INDEX_FORMAT, **summary, "tensors": self.tensors, "graphs": self.graphs,
+                 "torch": self.torch}
         (self.folder / INDEX_NAME).write_text(json.dumps(index, separators=(",", ":")) + "\n")
         return summary
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brogue.asr_reply import CAPACITY_ERROR
 from brogue.audio.codecs import AudioFormatError
 from brogue.engine.metadata import ModelMeta
 
@@ -38,7 +39,7 @@ FLUSH = "flush"
 
 class StreamError(Exception):
     """A stream failure for the client: ``code`` is one of unauthenticated, limit, bad_request,
-    bad_audio, adapter, unavailable, internal."""
+    bad_audio, adapter, unavailable, capacity (the model instance has no free stream slot), internal."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -182,7 +183,8 @@ class Gateway:
                     log.error("%s", e)
                     raise StreamError("internal", str(e)) from None
                 except SequenceError as e:
-                    code = "adapter" if "adapter" in str(e) else "bad_request"
+                    code = "capacity" if CAPACITY_ERROR in str(e) else "adapter" if "adapter" in str(e) \
+                        else "bad_request"
                     raise StreamError(code, str(e)) from None
                 dt = time.perf_counter() - t
                 busy += dt

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from brogue.adapters import AdapterError, AdapterRef
-from brogue.asr_io import ChunkReply
+from brogue.asr_reply import ChunkReply
 from brogue.engine.runner import StreamingRunner
+from brogue.engine.state_pool import PoolFull
 from brogue.engine.stream import StreamState
 
 from .adapters import AdapterBank, AdapterBankError, AdapterStore
@@ -81,9 +82,10 @@ class StreamingModel:
     def __init__(self, model_dir: str | Path, store_dir: str | Path, *, slots: int = 8, provider: str = "cpu",
                  threads: int = 0, device_id: int = 0, idle_timeout: float = 60.0,
                  max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = (), decoder: str = "auto",
-                 latencies=None, weights: str = "shared"):
+                 latencies=None, weights: str = "shared", max_streams: int = 256, max_batch: int = 64):
         self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads,
-                                      device_id=device_id, decoder=decoder, latencies=latencies, weights=weights)
+                                      device_id=device_id, decoder=decoder, latencies=latencies, weights=weights,
+                                      max_streams=max_streams, max_batch=max_batch)
         self.meta = self.runner.meta
         self.store = AdapterStore(store_dir)
         self.bank = AdapterBank(self.store, self.runner.bank, self.meta.fingerprint,
@@ -119,7 +121,7 @@ class StreamingModel:
         for i, req in enumerate(requests):
             try:
                 st, samples = self._admit(req)
-            except (RequestError, AdapterError, AdapterBankError, ValueError) as e:
+            except (RequestError, AdapterError, AdapterBankError, PoolFull, ValueError) as e:
                 results[i].error = str(e)
                 self.stats.errors += 1
                 log.info("sequence %s: %s", req.corrid, e)
@@ -203,7 +205,9 @@ class StreamingModel:
     # -- cleanup ---------------------------------------------------------------------------------
 
     def _drop(self, corrid: int) -> None:
-        self.streams.pop(corrid, None)
+        st = self.streams.pop(corrid, None)
+        if st is not None:
+            self.runner.close(st)
         self.refs.pop(corrid, None)
         self.bank.release(corrid)
 

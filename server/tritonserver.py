@@ -47,6 +47,10 @@ CONTAINER_PACKAGES = ("numpy<2", "safetensors>=0.4", "onnxruntime-gpu>=1.18")
 ``brogue`` is installed with ``--no-deps`` so that its CPU ``onnxruntime`` requirement does not
 shadow ``onnxruntime-gpu`` (both provide the ``onnxruntime`` module)."""
 
+TORCH_PACKAGE = "torch==2.13.0"
+"""What the torch backends (``EXECUTION_PROVIDER`` ``torch-cuda``) add inside the container: on
+Linux, PyPI's default torch wheel is the CUDA build."""
+
 _LOG_TAIL_LINES = 40
 
 
@@ -408,6 +412,7 @@ def docker_command(
     metrics_port: int = 8002,
     shm_size: str = "1g",
     install: bool = True,
+    torch: bool = False,
 ) -> list[str]:
     """The ``docker run`` of NVIDIA's Triton container equivalent to :class:`TritonProcess`.
 
@@ -429,6 +434,7 @@ def docker_command(
         grpc_port, http_port, metrics_port: host ports published for the container's 8001, 8000
             and 8002.
         shm_size: ``--shm-size``; the python backend exchanges tensors through ``/dev/shm``.
+        torch: also install :data:`TORCH_PACKAGE`, for ``EXECUTION_PROVIDER`` ``torch-cuda``.
 
     Raises:
         ValueError: ``install`` is set and ``source`` has no ``pyproject.toml``.
@@ -472,7 +478,7 @@ def docker_command(
             "tar -C /workspace " + " ".join(f"--exclude={shlex.quote(e)}" for e in excludes)
             + " -cf - . | tar -C /tmp/brogue -xf -",
             "pip install --no-cache-dir --no-deps /tmp/brogue",
-            "pip install --no-cache-dir " + shlex.join(CONTAINER_PACKAGES),
+            "pip install --no-cache-dir " + shlex.join([*CONTAINER_PACKAGES, *([TORCH_PACKAGE] if torch else [])]),
             "exec " + shlex.join(serve),
         ]
     )

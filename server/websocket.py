@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
 _CLOSE_CODES = {"unauthenticated": 1008, "limit": 1008, "bad_request": 1008, "bad_audio": 1003,
-                "adapter": 1011, "unavailable": 1013, "internal": 1011, "idle": 1001, "slow_client": 1008}
+                "adapter": 1011, "unavailable": 1013, "capacity": 1013, "internal": 1011, "idle": 1001, "slow_client": 1008}
 _ENDPOINTING_KEYS = {f for f in EndpointingConfig.__dataclass_fields__}
 
 

@@ -18,7 +18,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from safetensors.numpy import save_file
 
 from brogue.adapters import TENSORS_FILE, AdapterError, AdapterRef, BaseSpec, publish_adapter
-from brogue.engine.encoder import BankTensors
+from brogue.engine.adapter_bank import BankTensors
 from brogue.server.adapters import AdapterBank, AdapterStore, BankFullError
 
 L, D, R, MAX_DIM = 2, 8, 3, 4

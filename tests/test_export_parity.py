@@ -72,9 +72,6 @@ def test_streaming_parity_with_nemo(head, serve, bpe, spm_dir, tmp_path):
     meta = export_model(model, tmp_path / "m", head=serve, max_adapter_dim=16)
     assert meta["head"] == serve and meta["vocabulary"]["kind"] == ("sentencepiece" if bpe else "char")
 
-    runner = StreamingRunner(tmp_path / "m", slots=3, keep_outputs=True)
-    for slot, (name, arrays) in enumerate(sorted(adapters_from_model(model).items()), start=1):
-        runner.bank.write(slot, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
     slot_names = {0: None, 1: "acc", 2: "dom"}
 
     rng = np.random.default_rng(7)
@@ -91,26 +88,34 @@ def test_streaming_parity_with_nemo(head, serve, bpe, spm_dir, tmp_path):
         assert any(reference[i, slot][0] != reference[i, 0][0] for i in range(len(audios)))
     assert sum(len(reference[i, 0][0]) for i in range(len(audios))) > 5
 
-    worst = 0.0
-    for order in itertools.islice(itertools.permutations([0, 1, 2, 0, 1, 2]), 0, 720, 240):
-        outputs = {i: [] for i in range(len(audios))}
+    # Every engine path against NeMo: ORT on host buffers, ORT bound by pointer to torch tensors (the
+    # binding the CUDA and TensorRT providers use), and the TorchScript steps (the torch backend).
+    for provider, memory in (("cpu", None), ("cpu", "torch-cpu"), ("torch-cpu", None)):
+        runner = StreamingRunner(tmp_path / "m", slots=3, keep_outputs=True, provider=provider, memory=memory,
+                                 max_batch=4)  # 6 streams: groups run in more than one batch
+        for slot, (name, arrays) in enumerate(sorted(adapters_from_model(model).items()), start=1):
+            runner.bank.write(slot, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
+        worst = 0.0
+        for order in itertools.islice(itertools.permutations([0, 1, 2, 0, 1, 2]), 0, 720, 240):
+            outputs = {i: [] for i in range(len(audios))}
 
-        def collect(res):
-            for k, o in res.items():
-                outputs[k] += o.outputs
+            def collect(res):
+                for k, o in res.items():
+                    outputs[k] += o.outputs
 
-        packet = int(rng.integers(800, 9000))
-        states = runner.transcribe(audios, list(order), packet=packet, on_step=collect)
-        for i, (st, slot) in enumerate(zip(states, order)):
-            toks, ref_outs = reference[i, slot]
-            assert st.tokens == toks, f"row {i} slot {slot} packet {packet}"
-            assert len(outputs[i]) == len(ref_outs)
-            for got, want in zip(outputs[i], ref_outs):
-                assert got.shape == want.shape
-                worst = max(worst, float(np.abs(got - want).max()))
-    assert worst < 1e-4
-    assert runner.stats.mixed_adapter_runs > 0
-    print(f"{head}/{serve}{' bpe' if bpe else ''}: max |onnx - nemo| = {worst:.2e}")
+            packet = int(rng.integers(800, 9000))
+            states = runner.transcribe(audios, list(order), packet=packet, on_step=collect)
+            for i, (st, slot) in enumerate(zip(states, order)):
+                toks, ref_outs = reference[i, slot]
+                assert st.tokens == toks, f"{provider}/{memory}: row {i} slot {slot} packet {packet}"
+                assert len(outputs[i]) == len(ref_outs)
+                for got, want in zip(outputs[i], ref_outs):
+                    assert got.shape == want.shape
+                    worst = max(worst, float(np.abs(got - want).max()))
+        assert worst < 1e-4
+        assert runner.stats.mixed_adapter_runs > 0
+        assert runner.pool.free == runner.pool.rows  # every finished stream gave its row back
+        print(f"{head}/{serve}{' bpe' if bpe else ''} {provider}/{memory}: max |engine - nemo| = {worst:.2e}")
 
 
 def test_text_matches_nemo_tokenizer(spm_dir, tmp_path):
@@ -129,7 +134,8 @@ def test_export_files_and_signature(tmp_path):
     on_disk = json.loads((tmp_path / "m" / "model.json").read_text())
     assert on_disk == meta
     assert set(meta["files"]) == {"encoder.16_7.onnx", "encoder_first.16_7.onnx", "rnnt_decoder.onnx",
-                                  "rnnt_joint.onnx", "weights.bin", "weights.json"}
+                                  "rnnt_joint.onnx", "weights.bin", "weights.json", "encoder.16_7.ts",
+                                  "encoder_first.16_7.ts", "rnnt_decoder.ts", "rnnt_joint.ts"}
     import onnx
 
     g = onnx.load(str(tmp_path / "m" / "encoder.16_7.onnx")).graph
@@ -140,6 +146,11 @@ def test_export_files_and_signature(tmp_path):
     # The bank is a set of graph inputs, not initializers baked into the file.
     assert not {i.name for i in g.initializer} & set(inputs)
     assert meta["checks"]["encoder_max_abs_diff"] < 1e-4
+    assert meta["checks"]["torch_step_max_abs_diff"] < 1e-4
+    # The TorchScript twins hold no copy of the weights: they read weights.bin, as the ONNX graphs do.
+    index = json.loads((tmp_path / "m" / "weights.json").read_text())
+    assert set(index["torch"]) == {"encoder.16_7.ts", "encoder_first.16_7.ts", "rnnt_decoder.ts", "rnnt_joint.ts"}
+    assert all((tmp_path / "m" / f).stat().st_size < meta["weights"]["bytes"] / 3 for f in index["torch"])
     assert meta["fingerprint"].startswith("sha256:")
     lat = meta["latencies"][0]
     assert lat["chunk_size"] == [57, 64] and lat["drop_extra_pre_encoded"] == 2

@@ -110,7 +110,7 @@ def test_sessions_share_one_copy_in_memory_and_load_only_served_latencies(multi)
 def test_an_unserved_latency_is_refused_with_the_served_ones(multi):
     _, out, _ = multi
     runner = StreamingRunner(out, latencies="16_3,16_0")
-    assert set(runner.encoder._sessions) == {"encoder.16_3.onnx", "encoder_first.16_3.onnx", "encoder.16_0.onnx",
+    assert set(runner.encoder.backend.sessions) == {"encoder.16_3.onnx", "encoder_first.16_3.onnx", "encoder.16_0.onnx",
                                               "encoder_first.16_0.onnx"}
     assert runner.open(1).latency.name == "16_3"  # the model's default (16_7) is not served
     with pytest.raises(ValueError, match=r"latency '16_7' is not served here; served latencies: 16_3, 16_0"):
@@ -177,7 +177,7 @@ def test_graphs_with_one_file_per_tensor_are_merged_without_collisions(multi, tm
     import onnx
     from onnx.external_data_helper import convert_model_to_external_data
 
-    from brogue.engine.encoder import make_session
+    from brogue.engine.ort_session import make_session
     from brogue.export.weights import WeightsWriter
 
     _, out, meta = multi

@@ -180,6 +180,8 @@ def test_docker_command_mounts_the_checkout(tmp_path: Path) -> None:
     assert "onnxruntime-gpu" in script
     assert "--model-repository=/workspace/model_repo" in script
     assert "--load-model=asr_streaming" in script
+    assert "torch" not in script  # the ONNX Runtime providers need no torch
+    assert "torch==" in docker_command(repository, source=source, torch=True)[-1]
 
     elsewhere = make_repository(tmp_path / "models", ADD_ONE)
     command = docker_command(elsewhere, source=source, image="brogue:gpu", install=False, models=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder import make_session
+from .ort_session import make_session
 
 
 @dataclass
@@ -48,14 +48,40 @@ def ctc_greedy(logprobs: np.ndarray, lengths: np.ndarray, last_tokens: np.ndarra
     return out
 
 
+class _TorchStep:
+    """A TorchScript step called with and returning numpy arrays (on its device in between)."""
+
+    def __init__(self, module, memory):
+        self.module, self.memory, self.torch = module, memory, memory.torch
+
+    def __call__(self, *arrays):
+        t = self.torch
+        with t.inference_mode():
+            out = self.module(*(t.from_numpy(np.ascontiguousarray(a)).to(self.memory.device) for a in arrays))
+        return [self.memory.host(o) for o in (out if isinstance(out, tuple) else (out,))]
+
+
 class RNNTGreedy:
     """Batched greedy RNNT: frame by frame, up to ``max_symbols`` tokens per frame, decoder and joint
-    run once per symbol step for all rows that still emit."""
+    run once per symbol step for all rows that still emit.
+
+    The decoder and joint run on ONNX Runtime (``provider``), or, given ``loader`` (a
+    :class:`~brogue.engine.torch_backend.StepLoader`), as their TorchScript steps on its device.
+    """
 
     def __init__(self, model_dir: Path, rnnt: dict, blank: int, provider: str = "cpu", threads: int = 0,
-                 device_id: int = 0, weights=None):
-        self.decoder = make_session(Path(model_dir) / rnnt["decoder"], provider, threads, device_id, weights)
-        self.joint = make_session(Path(model_dir) / rnnt["joint"], provider, threads, device_id, weights)
+                 device_id: int = 0, weights=None, loader=None):
+        root = Path(model_dir)
+        if loader is not None:
+            from .torch_backend import step_file
+
+            self._decoder = _TorchStep(loader.load(root / step_file(rnnt["decoder"])), loader.memory)
+            self._joint = _TorchStep(loader.load(root / step_file(rnnt["joint"])), loader.memory)
+        else:
+            decoder = make_session(root / rnnt["decoder"], provider, threads, device_id, weights)
+            joint = make_session(root / rnnt["joint"], provider, threads, device_id, weights)
+            self._decoder = lambda targets, h, c: decoder.run(None, {"targets": targets, "h": h, "c": c})
+            self._joint = lambda frame, g: joint.run(None, {"encoder_frame": frame, "decoder_output": g})
         self.layers = int(rnnt["pred_rnn_layers"])
         self.hidden = int(rnnt["pred_hidden"])
         self.max_symbols = int(rnnt["max_symbols"])
@@ -67,7 +93,7 @@ class RNNTGreedy:
         return self._predict(np.full(batch, self.blank, dtype=np.int64), h, h.copy())
 
     def _predict(self, targets, h, c):
-        g, h2, c2 = self.decoder.run(None, {"targets": targets, "h": h, "c": c})
+        g, h2, c2 = self._decoder(targets, h, c)
         return g, h2, c2
 
     def __call__(self, encoded: np.ndarray, lengths: np.ndarray, state) -> list[Decoded]:
@@ -81,8 +107,7 @@ class RNNTGreedy:
             for symbol in range(self.max_symbols):
                 if rows.size == 0:
                     break
-                logp = self.joint.run(None, {"encoder_frame": np.ascontiguousarray(encoded[rows, t]),
-                                            "decoder_output": g[rows]})[0]
+                logp = self._joint(np.ascontiguousarray(encoded[rows, t]), g[rows])[0]
                 k = logp.argmax(axis=-1)
                 if symbol == 0:
                     for i, b in enumerate(rows):

@@ -1,142 +1,159 @@
-"""ONNX Runtime sessions for the exported graphs, and the bank tensors they read.
+"""One engine for the encoder step, whatever runs it: the state pool, the bank and a backend.
 
-:class:`BankTensors` holds the adapter bank as preallocated numpy arrays wrapped once in ORT
-``OrtValue``\\ s that share their memory: writing an adapter into a slot is a numpy copy into the
-array, and every encoder run binds the same ``OrtValue``\\ s through ``IOBinding``, so the bank is
-never copied per call.
+:class:`Encoder` owns, on one device (:mod:`brogue.engine.memory`):
 
-:class:`Encoder` runs one batched streaming step of the first-chunk or steady-state graph of a
-latency. :func:`make_session` chooses the execution provider: "cpu", "cuda" or "tensorrt".
+- the :class:`~brogue.engine.state_pool.StatePool` (every live stream's caches),
+- the :class:`~brogue.engine.adapter_bank.BankTensors` (the adapter bank),
+- the staging of one batch: features, lengths and adapter ids, filled on the host by the runner
+  and copied to the device in one copy each (on a CPU host the host buffers are the bound ones),
+
+and runs a batch with one of the backends, chosen by ``provider``:
+
+==============  ====================================================  ======================
+provider        backend                                               buffers
+==============  ====================================================  ======================
+``cpu``         ONNX Runtime, CPU provider                            numpy (host)
+``cuda``        ONNX Runtime, CUDA provider, IOBinding by pointer     torch tensors on GPU
+``tensorrt``    ONNX Runtime, TensorRT provider, IOBinding by pointer torch tensors on GPU
+``torch-cuda``  the TorchScript steps on the GPU                      torch tensors on GPU
+``torch-cpu``   the TorchScript steps on the CPU                      torch tensors on CPU
+==============  ====================================================  ======================
+
+Every input of a step has a fixed number of frames per (latency, first/steady): a shorter final
+chunk is zero-padded, its ``length`` tells the encoder how much is real (causal subsampling and
+length masks keep the padding out of the real frames), so output staging is allocated once.
+Only the head's output and its lengths come back to the host.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import onnxruntime as ort
 
+from .adapter_bank import BankTensors
+from .memory import HostMemory, memory_for
 from .metadata import Latency, ModelMeta
-from .weights import SharedWeights
+from .state_pool import StatePool
 
-PROVIDERS = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-}
+PROVIDERS = ("cpu", "cuda", "tensorrt", "torch-cpu", "torch-cuda")
 
 
-def make_session(path: str | Path, provider: str = "cpu", threads: int = 0, device_id: int = 0,
-                 weights: SharedWeights | None = None) -> ort.InferenceSession:
-    """An ORT session on ``provider`` ("cpu", "cuda", "tensorrt") and GPU ``device_id``; fails clearly
-    if the provider is unavailable. With ``weights``, the graph's initializers come from that one
-    shared mapping (prepacking off, so no session keeps a private copy)."""
+def default_memory(provider: str) -> str:
+    """Where ``provider``'s buffers live: "host" for ORT's CPU provider, else a torch device."""
     if provider not in PROVIDERS:
-        raise ValueError(f"unknown execution provider {provider!r}; choose from {sorted(PROVIDERS)}")
-    wanted = PROVIDERS[provider]
-    available = ort.get_available_providers()
-    if wanted[0] not in available:
-        raise RuntimeError(f"execution provider {wanted[0]} is not available here (have {available})")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    # No busy-waiting between runs: a streaming server runs one short step per chunk, and spinning
-    # worker threads burn the cores the other processes (gateway, other model instances) need.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if weights is not None:
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-        for name, value in weights.initializers(Path(path).name).items():
-            opts.add_initializer(name, value)
-    providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p
-                 for p in wanted if p in available]
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    # The session reads the shared tensors' memory for as long as it lives: keep the mapping alive.
-    session.shared_weights = weights
-    return session
+        raise ValueError(f"unknown execution provider {provider!r}; choose from {', '.join(PROVIDERS)}")
+    return {"cpu": "host", "torch-cpu": "torch-cpu"}.get(provider, "torch-cuda")
 
 
-class BankTensors:
-    """The adapter bank's four stacked tensors, ``slots`` deep; slot 0 is the identity."""
-
-    def __init__(self, n_layers: int, d_model: int, max_dim: int, slots: int):
-        if slots < 1:
-            raise ValueError("a bank needs at least one slot (slot 0, the base model)")
-        self.n_layers, self.d_model, self.max_dim, self.slots = n_layers, d_model, max_dim, slots
-        self.arrays = {
-            "adapter_ln_weight": np.ones((slots, n_layers, d_model), dtype=np.float32),
-            "adapter_ln_bias": np.zeros((slots, n_layers, d_model), dtype=np.float32),
-            "adapter_down": np.zeros((slots, n_layers, max_dim, d_model), dtype=np.float32),
-            "adapter_up": np.zeros((slots, n_layers, d_model, max_dim), dtype=np.float32),
-        }
-        self.ortvalues = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.arrays.items()}
-
-    @classmethod
-    def for_model(cls, meta: ModelMeta, slots: int) -> "BankTensors":
-        return cls(meta.n_layers, meta.d_model, meta.max_adapter_dim, slots)
-
-    def write(self, slot: int, ln_weight, ln_bias, down, up) -> None:
-        """Copy one adapter (dim ``r <= max_dim``, zero-padded here) into ``slot`` (never slot 0)."""
-        if not 0 < slot < self.slots:
-            raise IndexError(f"slot {slot} out of range 1..{self.slots - 1}")
-        r = down.shape[1]
-        if r > self.max_dim:
-            raise ValueError(f"adapter dim {r} exceeds the bank's max dim {self.max_dim}")
-        a = self.arrays
-        a["adapter_ln_weight"][slot] = ln_weight
-        a["adapter_ln_bias"][slot] = ln_bias
-        a["adapter_down"][slot, :, :r] = down
-        a["adapter_down"][slot, :, r:] = 0.0
-        a["adapter_up"][slot, :, :, :r] = up
-        a["adapter_up"][slot, :, :, r:] = 0.0
-
-    def clear(self, slot: int) -> None:
-        """Reset ``slot`` to the identity."""
-        if not 0 < slot < self.slots:
-            raise IndexError(f"slot {slot} out of range 1..{self.slots - 1}")
-        a = self.arrays
-        a["adapter_ln_weight"][slot] = 1.0
-        a["adapter_ln_bias"][slot] = 0.0
-        a["adapter_down"][slot] = 0.0
-        a["adapter_up"][slot] = 0.0
+def input_frames(latency: Latency, first: bool) -> int:
+    """Mel frames of one step's input (pre-encode context included)."""
+    if first:
+        return latency.chunk_size[0] + latency.pre_encode_cache_size[0]
+    return latency.shift_size[1] + latency.pre_encode_cache_size[1]
 
 
 class Encoder:
-    """Batched streaming steps of one model's encoder graphs: both variants of each served latency.
+    """The batched streaming step of one model, for streams whose caches live in :attr:`pool`.
 
-    ``latencies``: the names served (default: every latency the model has); the graphs of the others
-    are never loaded. ``weights``: the model's shared weights (None for graphs carrying their own).
+    ``slots``: adapter bank depth. ``max_streams``: state-pool rows (live streams at once).
+    ``max_batch``: rows per run (a larger group runs in several). ``memory``: override where the
+    buffers live ("host", "torch-cpu", "torch-cuda"; default: the provider's own), e.g. to run ORT's
+    CPU provider on torch tensors bound by pointer, as the GPU providers are.
     """
 
-    def __init__(self, meta: ModelMeta, bank: BankTensors, provider: str = "cpu", threads: int = 0,
-                 device_id: int = 0, *, latencies: list[str] | None = None, weights: SharedWeights | None = None):
+    def __init__(self, meta: ModelMeta, *, provider: str = "cpu", threads: int = 0, device_id: int = 0,
+                 latencies: list[str] | None = None, weights=None, slots: int = 1, max_streams: int = 256,
+                 max_batch: int = 64, memory: str | None = None):
         self.meta = meta
-        self.bank = bank
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        for lat in meta.served_latencies(latencies).values():
-            for g in (lat.first_graph, lat.steady_graph):
-                if g not in self._sessions:
-                    self._sessions[g] = make_session(meta.root / g, provider, threads, device_id, weights)
-        self.out_name = "logprobs" if meta.head == "ctc" else "encoded"
+        self.provider = provider
+        self.memory = memory_for(memory or default_memory(provider), device_id)
+        self.bank = BankTensors.for_model(meta, slots, self.memory)
+        served = meta.served_latencies(latencies)
+        self._graphs = {(lat.name, first): lat.first_graph if first else lat.steady_graph
+                        for lat in served.values() for first in (True, False)}
+        self._frames = {(lat.name, first): input_frames(lat, first) for lat in served.values() for first in (True, False)}
+        graphs = sorted(set(self._graphs.values()))
+        if provider.startswith("torch"):
+            from .torch_backend import TorchEncoder
 
-    def run(self, latency: Latency, first: bool, features: np.ndarray, lengths: np.ndarray,
-            cache_last_channel: np.ndarray, cache_last_time: np.ndarray, cache_len: np.ndarray,
-            adapter_ids: np.ndarray):
-        """One step for a batch: returns (out [B,T,*], out_lengths, channel, time, len caches)."""
-        sess = self._sessions[latency.first_graph if first else latency.steady_graph]
-        io = sess.io_binding()
-        io.bind_cpu_input("audio_signal", features)
-        io.bind_cpu_input("length", lengths)
-        io.bind_cpu_input("cache_last_channel", cache_last_channel)
-        io.bind_cpu_input("cache_last_time", cache_last_time)
-        io.bind_cpu_input("cache_last_channel_len", cache_len)
-        io.bind_cpu_input("adapter_ids", adapter_ids)
-        for name, value in self.bank.ortvalues.items():
-            io.bind_ortvalue_input(name, value)
-        for name in (self.out_name, "encoded_lengths", "cache_last_channel_next", "cache_last_time_next",
-                     "cache_last_channel_next_len"):
-            io.bind_output(name)
-        sess.run_with_iobinding(io)
-        return io.copy_outputs_to_cpu()
+            self.backend = TorchEncoder(meta, graphs, self.memory, threads=threads, weights=weights)
+        else:
+            from .ort_backend import OrtEncoder
+
+            self.backend = OrtEncoder(meta, graphs, self.memory, provider=provider, threads=threads,
+                                      device_id=device_id, weights=weights)
+        # After the weights are placed: the pool takes what device memory is left, or says what fits.
+        self.pool = StatePool(self.memory, max_streams, *meta.cache_shapes, max_batch=max_batch)
+        self.max_batch = self.pool.max_batch
+        n_mels = meta.mel.n_mels
+        self.n_mels = n_mels
+        most = max(self._frames.values())
+        self._host_features = np.zeros(self.max_batch * n_mels * most, np.float32)
+        self._host_lengths = np.zeros(self.max_batch, np.int64)
+        self._host_ids = np.zeros(self.max_batch, np.int64)
+        self._host_rows = np.zeros(self.max_batch, np.int64)
+        if isinstance(self.memory, HostMemory):  # the bound buffers are these host ones
+            self._features, self._lengths, self._ids = self._host_features, self._host_lengths, self._host_ids
+        else:
+            self._features = self.memory.zeros(self._host_features.shape, np.float32)
+            self._lengths = self.memory.zeros((self.max_batch,), np.int64)
+            self._ids = self.memory.zeros((self.max_batch,), np.int64)
+        if not self.backend.allocates_outputs:
+            self._allocate_outputs()
+
+    def _allocate_outputs(self) -> None:
+        """Size the backend's output staging from one probe run per graph (at load)."""
+        row = self.pool.allocate()
+        try:
+            frames, dim = {}, 0
+            for key in self._graphs:
+                self._host_lengths[:1] = self._frames[key]
+                self._host_ids[:1] = 0
+                self._host_rows[:1] = row
+                shape = self.backend.probe(self._graphs[key], self._inputs(key, 1, self.pool.batch(self._host_rows[:1])))
+                frames[self._graphs[key]] = max(frames.get(self._graphs[key], 0), shape[1])
+                dim = shape[2]
+            self.backend.allocate_outputs(frames, dim, self.max_batch)
+        finally:
+            self.pool.release(row)
+
+    # -- one run ---------------------------------------------------------------------------------
+
+    def frames(self, latency: Latency, first: bool) -> int:
+        """Input frames of a step (what :meth:`staging` gives room for per row)."""
+        return self._frames[(latency.name, first)]
+
+    def staging(self, latency: Latency, first: bool, n: int):
+        """Host views to fill for a run of ``n`` rows: ``(features [n, n_mels, T], lengths [n],
+        adapter slot ids [n], pool rows [n])``; ``T`` is :meth:`frames`. Valid until the next run."""
+        if not 0 < n <= self.max_batch:
+            raise ValueError(f"a run takes 1..{self.max_batch} rows, not {n}")
+        t = self._frames[(latency.name, first)]
+        feats = self._host_features[: n * self.n_mels * t].reshape(n, self.n_mels, t)
+        return feats, self._host_lengths[:n], self._host_ids[:n], self._host_rows[:n]
+
+    def run(self, latency: Latency, first: bool, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run the ``n`` rows filled in :meth:`staging` (their pool rows ascending, each allocated);
+        the rows' caches are read from and written back to the pool. Returns host arrays: the head
+        output ``[n, T_out, *]`` (CTC log-probs or the encoder output) and its valid lengths ``[n]``."""
+        key = (latency.name, first)
+        batch = self.pool.batch(self._host_rows[:n])
+        inputs = self._inputs(key, n, batch)
+        if self.backend.allocates_outputs:
+            head, lengths, *caches = self.backend.run(self._graphs[key], inputs)
+            batch.store(*caches)
+        else:
+            head, lengths = self.backend.run(self._graphs[key], inputs, batch.outputs)
+            batch.store()
+        return self.memory.host(head), self.memory.host(lengths)
+
+    def _inputs(self, key, n: int, batch) -> dict:
+        """The step's inputs, in the graph's order, as device buffers."""
+        size = n * self.n_mels * self._frames[key]
+        if self._features is not self._host_features:
+            self.memory.upload(self._features[:size], self._host_features[:size])
+            self.memory.upload(self._lengths[:n], self._host_lengths[:n])
+            self.memory.upload(self._ids[:n], self._host_ids[:n])
+        channel, time, length = batch.inputs
+        return {"audio_signal": self._features[:size].reshape(n, self.n_mels, self._frames[key]),
+                "length": self._lengths[:n], "cache_last_channel": channel, "cache_last_time": time,
+                "cache_last_channel_len": length, "adapter_ids": self._ids[:n], **self.bank.arrays}

@@ -1,13 +1,14 @@
 """The streaming engine: many streams, each with its own adapter slot, stepped in batches.
 
-:class:`StreamingRunner` is the reference implementation of Brogue's data path, in numpy and ONNX
-Runtime only. The Triton model ``asr_streaming`` wraps it; benchmarks and ``brogue eval`` call it in
+:class:`StreamingRunner` is Brogue's data path, on ONNX Runtime (CPU: numpy and ONNX Runtime only)
+or on torch. The Triton model ``asr_streaming`` wraps it; benchmarks and ``brogue eval`` call it in
 process. One :meth:`StreamingRunner.step` takes new audio for any set of streams and
 
 1. turns it into log-mel frames per stream (:class:`~brogue.audio.mel.StreamingMel`);
 2. cuts encoder chunks exactly as NeMo does (:class:`~brogue.engine.stream.StreamState`);
 3. runs the encoder once per (latency, first/steady) group, for all streams with a ready chunk,
-   each row reading its own bank slot through ``adapter_ids``;
+   each row reading its own bank slot through ``adapter_ids`` and its caches from its row of the
+   state pool, on the engine's device (:class:`~brogue.engine.encoder.Encoder`);
 4. decodes (greedy CTC, batched greedy RNNT, or CTC beam search with the model's character LM
    when ``model.json`` has one: :mod:`brogue.engine.beam`) and returns the new tokens per stream.
 
@@ -26,7 +27,7 @@ from brogue.audio.mel import StreamingMel, _Kernel
 
 from .beam import BeamConfig, BeamState, CTCBeamSearch
 from .decoding import Decoded, RNNTGreedy, ctc_greedy
-from .encoder import BankTensors, Encoder
+from .encoder import Encoder
 from .lm import MixedLM, load_lm
 from .metadata import ModelMeta
 from .stream import StreamState
@@ -71,7 +72,11 @@ class StreamingRunner:
 
     ``slots``: bank depth (slot 0 is the base model); write adapters with ``bank.write``. A stream
     whose ``slot`` is negative (its adapter is still loading) buffers audio but runs no chunk.
-    ``provider``: ONNX Runtime execution provider, "cpu", "cuda" or "tensorrt", on GPU ``device_id``.
+    ``provider``: "cpu", "cuda" or "tensorrt" (ONNX Runtime's providers), or "torch-cuda" / "torch-cpu"
+    (the TorchScript steps), on GPU ``device_id`` (:mod:`brogue.engine.encoder`). ``max_streams``: rows
+    of the state pool, the streams open at once (one more is refused with
+    :class:`~brogue.engine.state_pool.PoolFull`); ``max_batch``: rows per encoder run. ``memory``:
+    where the pool, bank and staging live, when not the provider's own ("host", "torch-cpu", "torch-cuda").
     ``decoder``: "auto" (beam search with the model's LM when model.json has one, else greedy),
     "greedy", or "lm" (beam search; an error if the model has no LM). RNNT heads decode greedily.
     ``latencies``: the latency names served (a list or a comma-separated string; default: all the
@@ -86,18 +91,23 @@ class StreamingRunner:
 
     def __init__(self, model_dir: str | Path, *, slots: int = 1, provider: str = "cpu", threads: int = 0,
                  device_id: int = 0, keep_outputs: bool = False, decoder: str = "auto", latencies=None,
-                 weights: str = "shared", verify_weights: bool = True):
+                 weights: str = "shared", verify_weights: bool = True, max_streams: int = 256,
+                 max_batch: int = 64, memory: str | None = None):
         self.keep_outputs = keep_outputs
         self.meta = ModelMeta.load(model_dir)
         self.latencies = self.meta.served_latencies(latencies)
-        self.bank = BankTensors.for_model(self.meta, slots)
         if weights not in ("shared", "private"):
             raise ValueError(f"weights must be 'shared' or 'private', not {weights!r}")
-        # Opening checks the file (size, SHA-256) in either mode; "private" then lets each session read it.
+        # Opening checks the file (size, SHA-256) in either mode; "private" then lets each ORT session
+        # read its own copy. The torch backend always reads the shared file.
         shared = SharedWeights.open(self.meta.root, verify=verify_weights)
         self.weights = shared if weights == "shared" else None
-        self.encoder = Encoder(self.meta, self.bank, provider, threads, device_id, latencies=list(self.latencies),
-                               weights=self.weights)
+        self.encoder = Encoder(self.meta, provider=provider, threads=threads, device_id=device_id,
+                               latencies=list(self.latencies),
+                               weights=shared if provider.startswith("torch") else self.weights,
+                               slots=slots, max_streams=max_streams, max_batch=max_batch, memory=memory)
+        self.bank = self.encoder.bank
+        self.pool = self.encoder.pool
         self.detok = Detokenizer(self.meta.tokens, self.meta.vocab_kind)
         self._frame_seconds = self.meta.frame_seconds  # per emitted token: not rebuilt from model.json
         self._lm_surfaces = self.detok.lm_surfaces()  # each token's text as an LM scores it
@@ -106,9 +116,10 @@ class StreamingRunner:
         self.blank = self.meta.blank_id
         self._mel_kernel = _Kernel(self.meta.mel)
         self.rnnt = None
-        if self.meta.head == "rnnt":
+        if self.meta.head == "rnnt":  # decoder and joint on the encoder's backend
+            loader = getattr(self.encoder.backend, "loader", None)
             self.rnnt = RNNTGreedy(self.meta.root, self.meta.rnnt, self.blank, provider, threads, device_id,
-                                   weights=self.weights)
+                                   weights=self.weights, loader=loader)
             self._rnnt_start = self.rnnt.initial_state(1)
         self.stats = RunnerStats()
         self.lm = None
@@ -116,9 +127,6 @@ class StreamingRunner:
         self._slot_lms: dict[int, tuple] = {}  # slot -> (domain LM, weight)
         self._searchers: dict[int, CTCBeamSearch] = {}
         self._setup_decoder(decoder)
-        ch, tm = self.meta.cache_shapes
-        self._zero_channel = np.zeros(ch, dtype=np.float32)
-        self._zero_time = np.zeros(tm, dtype=np.float32)
         self._no_frames = np.zeros((0, len(self.meta.tokens) + 1), dtype=np.float32)  # a beam's flush
 
     def _setup_decoder(self, decoder: str) -> None:
@@ -176,7 +184,9 @@ class StreamingRunner:
     # -- streams ---------------------------------------------------------------------------------
 
     def open(self, stream_id, *, slot: int = 0, latency: str | None = None) -> StreamState:
-        """A new stream reading bank ``slot``, at ``latency`` (a name from model.json, or the default)."""
+        """A new stream reading bank ``slot``, at ``latency`` (a name from model.json, or the default),
+        with a row of the state pool (:class:`~brogue.engine.state_pool.PoolFull` when none is free).
+        The row returns to the pool when the stream's last chunk is decoded, or on :meth:`close`."""
         if not 0 <= slot < self.bank.slots:
             raise ValueError(f"slot {slot} out of range 0..{self.bank.slots - 1}")
         lat = self.latency(latency)
@@ -185,8 +195,7 @@ class StreamingRunner:
             latency=lat,
             mel=StreamingMel(self.meta.mel, self._mel_kernel),
             slot=slot,
-            cache_last_channel=self._zero_channel.copy(),
-            cache_last_time=self._zero_time.copy(),
+            row=self.pool.allocate(),
         )
         if self.rnnt is not None:
             g, h, c = self._rnnt_start
@@ -195,6 +204,12 @@ class StreamingRunner:
         if self.beam_config is not None:
             st.beam = BeamState()
         return st
+
+    def close(self, st: StreamState) -> None:
+        """Give the stream's pool row back (a no-op once given back)."""
+        if st.row >= 0:
+            self.pool.release(st.row)
+            st.row = -1
 
     def latency(self, name: str | None):
         """The served latency ``name`` (None or "": the default); a ValueError that names the served
@@ -229,35 +244,36 @@ class StreamingRunner:
                 self._emit(st, self._searcher(st.slot).step(st.beam, self._no_frames, final=True),
                            outputs[st.stream_id])
                 st.beam = None
+            if st.finished:
+                self.close(st)
             outputs[st.stream_id].finished = st.finished
         return outputs
 
     def _run_group(self, first: bool, rows, outputs) -> None:
         lat = rows[0][0].latency
-        B = len(rows)
-        T = max(ch.features.shape[1] for _, ch in rows)
-        n_mels = rows[0][1].features.shape[0]
-        feats = np.zeros((B, n_mels, T), dtype=np.float32)
-        lengths = np.empty(B, dtype=np.int64)
-        for i, (_, ch) in enumerate(rows):
-            feats[i, :, : ch.features.shape[1]] = ch.features
-            lengths[i] = ch.features.shape[1]
-        states = [st for st, _ in rows]
-        ids = np.array([st.slot for st in states], dtype=np.int64)
-        out, out_len, cch, ctm, clen = self.encoder.run(
-            lat, first, feats, lengths,
-            np.stack([st.cache_last_channel for st in states]),
-            np.stack([st.cache_last_time for st in states]),
-            np.array([st.cache_len for st in states], dtype=np.int64),
-            ids,
-        )
+        rows.sort(key=lambda r: r[0].row)  # ascending pool rows: often a slice of the pool, no gather
+        step = self.encoder.max_batch
+        for start in range(0, len(rows), step):
+            self._run_batch(lat, first, rows[start:start + step], outputs)
+
+    def _run_batch(self, lat, first: bool, rows, outputs) -> None:
+        n = len(rows)
+        feats, lengths, ids, pool_rows = self.encoder.staging(lat, first, n)
+        for i, (st, ch) in enumerate(rows):
+            w = ch.pad + ch.features.shape[1]
+            feats[i, :, : ch.pad] = 0.0
+            feats[i, :, ch.pad:w] = ch.features
+            feats[i, :, w:] = 0.0  # a short final chunk: zero frames past its length
+            lengths[i] = w
+            ids[i] = st.slot
+            pool_rows[i] = st.row
         self.stats.record(ids)
+        out, out_len = self.encoder.run(lat, first, n)
         # NeMo keeps at most valid_out_len frames per chunk, except for the last chunk.
         n_out = np.array([int(out_len[i]) if ch.final else min(int(out_len[i]), lat.valid_out_len)
                           for i, (_, ch) in enumerate(rows)], dtype=np.int64)
         decoded = self._decode(out, n_out, rows)
         for i, (st, ch) in enumerate(rows):
-            st.cache_last_channel, st.cache_last_time, st.cache_len = cch[i], ctm[i], int(clen[i])
             o = outputs[st.stream_id]
             self._emit(st, decoded[i], o)
             o.blank_probs += decoded[i].blank_probs.tolist()
@@ -265,8 +281,10 @@ class StreamingRunner:
                 o.outputs.append(out[i, : n_out[i]].copy())
             st.frames_out += int(n_out[i])
             st.advance(ch)
-            if ch.final and st.beam is not None:
-                st.beam = None  # the final chunk committed everything
+            if ch.final:
+                self.close(st)
+                if st.beam is not None:
+                    st.beam = None  # the final chunk committed everything
 
     def _emit(self, st: StreamState, d: Decoded, o: StepOutput) -> None:
         """Append decoded tokens (frames relative to the stream's current chunk) to its output."""

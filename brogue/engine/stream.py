@@ -32,9 +32,12 @@ from .metadata import Latency
 
 @dataclass
 class Chunk:
-    """One encoder input row: ``features [n_mels, T]`` and whether it uses the first-chunk graph."""
+    """One encoder input row: ``pad`` zero frames of missing pre-encode context, then ``features
+    [n_mels, T]`` (a view of the stream's frames, valid until :meth:`StreamState.advance`), and
+    whether it uses the first-chunk graph."""
 
     features: np.ndarray
+    pad: int
     first: bool
     final: bool
     new_frames: int  # frames of new audio in ``features`` (the rest is pre-encode context)
@@ -44,7 +47,7 @@ class Chunk:
 class StreamState:
     """Everything the engine keeps for one stream between calls.
 
-    Encoder caches are batch-free: ``cache_last_channel [L, C, d]``, ``cache_last_time [L, d, K]``.
+    The encoder caches live in the engine's state pool, in row ``row`` (-1 once released).
     Decoder state: ``last_token`` (CTC: the last frame's argmax, for collapsing repeats across
     chunks; RNNT: the last emitted token, blank at start) and, for RNNT, the LSTM ``h``/``c`` and the
     prediction-network output ``dec_out`` for the current state; under LM beam search, ``beam``
@@ -55,9 +58,7 @@ class StreamState:
     latency: Latency
     mel: StreamingMel
     slot: int
-    cache_last_channel: np.ndarray
-    cache_last_time: np.ndarray
-    cache_len: int = 0
+    row: int = -1
     last_token: int = -1
     h: np.ndarray | None = None
     c: np.ndarray | None = None
@@ -110,12 +111,8 @@ class StreamState:
                 return None
         else:
             return None
-        want_ctx = lat.pre_encode_cache_size[0 if first else 1]
-        feats = self.frames[:, : ctx + take]
-        if want_ctx > ctx:
-            pad = np.zeros((feats.shape[0], want_ctx - ctx), dtype=np.float32)
-            feats = np.concatenate([pad, feats], axis=1)
-        return Chunk(features=np.ascontiguousarray(feats), first=first, final=final, new_frames=take)
+        pad = max(0, lat.pre_encode_cache_size[0 if first else 1] - ctx)
+        return Chunk(features=self.frames[:, : ctx + take], pad=pad, first=first, final=final, new_frames=take)
 
     def advance(self, chunk: Chunk) -> None:
         """Drop the frames that ``chunk`` consumed, keeping the pre-encode context for the next one."""

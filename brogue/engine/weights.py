@@ -32,16 +32,15 @@ class WeightsError(ValueError):
 
 
 class SharedWeights:
-    """The tensors of ``root/weights.bin`` as ``OrtValue``\\ s, for :meth:`initializers`.
+    """The tensors of ``root/weights.bin``: read-only numpy views of one mapping (:meth:`array`),
+    wrapped as ``OrtValue``\\ s for ONNX Runtime sessions (:meth:`initializers`).
 
     ``verify``: check the SHA-256 of the whole file (a few seconds per GB); the size is always
-    checked. The values live in host memory: on a GPU execution provider each session still places
-    its own device copy (keeping one copy on the device is the GPU engine's job, not done here).
+    checked. The values live in host memory: on ONNX Runtime's GPU providers each session places its
+    own device copy; the torch backend uploads each tensor once (:mod:`brogue.engine.torch_backend`).
     """
 
     def __init__(self, root: str | Path, *, verify: bool = True):
-        import onnxruntime as ort
-
         self.root = Path(root)
         try:
             index = read_tagged_json(self.root / INDEX_NAME, INDEX_FORMAT, WeightsError)
@@ -60,13 +59,14 @@ class SharedWeights:
                 raise WeightsError(f"{path}: SHA-256 {digest[:16]}... differs from the export's "
                                    f"{index['sha256'][:16]}...: the file is corrupt")
         self.path, self.bytes, self.graphs = path, size, index["graphs"]
-        self.values: dict[str, object] = {}
+        self._torch_index: dict[str, dict] = index.get("torch", {})
+        self.arrays: dict[str, np.ndarray] = {}
+        self._ortvalues: dict[str, object] = {}
         for name, t in index["tensors"].items():
             end = t["offset"] + t["length"]
             if end > size:
                 raise WeightsError(f"{INDEX_NAME}: tensor {name!r} ends at byte {end}, past the file's {size}")
-            arr = self._map[t["offset"]:end].view(np.dtype(t["dtype"])).reshape(t["shape"])
-            self.values[name] = ort.OrtValue.ortvalue_from_numpy(arr)
+            self.arrays[name] = self._map[t["offset"]:end].view(np.dtype(t["dtype"])).reshape(t["shape"])
 
     @classmethod
     def open(cls, root: str | Path, **kw) -> "SharedWeights | None":
@@ -80,7 +80,25 @@ class SharedWeights:
             names = self.graphs[graph]
         except KeyError:
             raise WeightsError(f"{INDEX_NAME} has no entry for graph {graph!r}") from None
-        return {n: self.values[n] for n in names}
+        return {n: self._ortvalue(n) for n in names}
+
+    def _ortvalue(self, name: str):
+        v = self._ortvalues.get(name)
+        if v is None:
+            import onnxruntime as ort
+
+            v = self._ortvalues[name] = ort.OrtValue.ortvalue_from_numpy(self.arrays[name])
+        return v
+
+    def torch_params(self, step: str) -> dict[str, tuple[str, bool]]:
+        """``{parameter or buffer name: (tensor name, transposed)}`` of the TorchScript step file ``step``:
+        where each of its stripped tensors lies in ``weights.bin`` (``transposed``: stored as its 2-D
+        transpose, the layout the ONNX graphs' MatMuls read)."""
+        try:
+            return {k: (v[0], bool(v[1])) for k, v in self._torch_index[step].items()}
+        except KeyError:
+            raise WeightsError(f"{INDEX_NAME} has no entry for TorchScript step {step!r}: "
+                               "re-export the model with this version of `brogue export`") from None
 
 
 def sha256_of(buffer: np.ndarray) -> str:

@@ -5,7 +5,7 @@ Like vLLM's ``lora/``, Brogue keeps three things apart: a request's reference to
 :class:`~brogue.server.adapters.AdapterStore`), and the manager of slots, :class:`AdapterBank`.
 The encoder only sees one slot id per batch row (``adapter_ids``).
 
-**Slots.** The bank manages slots ``1 .. S-1`` of a :class:`~brogue.engine.encoder.BankTensors`;
+**Slots.** The bank manages slots ``1 .. S-1`` of a :class:`~brogue.engine.adapter_bank.BankTensors`;
 slot 0 is the base model and is never written. A slot is *held* while live streams use it (its
 refcount is their number) or while its adapter is pinned. A held slot is never evicted. An
 adapter that nothing holds stays resident, as a cache, until a load finds no free slot and evicts
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from brogue.adapters import AdapterRef, AdapterWeights, BaseSpec
-from brogue.engine.encoder import BankTensors
+from brogue.engine.adapter_bank import BankTensors
 
 from .store import AdapterStore, _as_ref
 

@@ -54,6 +54,7 @@ from ..session import SessionConfig
 log = logging.getLogger(__name__)
 
 STATUS = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED, "limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
+          "capacity": grpc.StatusCode.RESOURCE_EXHAUSTED,
           "bad_request": grpc.StatusCode.INVALID_ARGUMENT, "bad_audio": grpc.StatusCode.INVALID_ARGUMENT,
           "adapter": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE,
           "idle": grpc.StatusCode.DEADLINE_EXCEEDED}

@@ -48,6 +48,8 @@ class TritonPythonModel:
             decoder=params.get("DECODER", "auto"),
             latencies=params.get("LATENCIES", ""),
             weights=params.get("WEIGHTS", "shared"),
+            max_streams=int(params.get("MAX_STREAMS", "256")),
+            max_batch=int(params.get("MAX_BATCH", "64")),
         )
         self._metrics = self._make_metrics()
         self._stop = threading.Event()
