@@ -216,6 +216,7 @@ def main(argv=None) -> int:
         log(f"loaded in {time.monotonic() - t0:.1f} s on {report['device']}: {json.dumps(report['memory'])}")
         for name in names:
             lat = runner.latency(name)
+            measure(runner, lat, args.start, [0], 3, timer)  # warm-up, not counted: first runs are slow
             left = deadline - time.monotonic()
             best, tried = capacity(runner, lat, args, time.monotonic() + left / (1 + names[::-1].index(name)),
                                    timer, log)

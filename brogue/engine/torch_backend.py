@@ -35,6 +35,11 @@ class StepLoader:
 
     def __init__(self, weights, memory):
         self.weights, self.memory, self.torch = weights, memory, memory.torch
+        # TorchScript's profiling executor re-profiles and re-optimizes a step for every new input
+        # shape, and a streaming batch changes its row count at every run: the first runs of each
+        # size took 2-5x longer (measured: docs/performance.md, "The GPU engine"). The simple
+        # executor runs every shape alike. (Process-wide, and torch has no public switch for it.)
+        self.torch._C._jit_set_profiling_executor(False)
         self.device_bytes = 0  # bytes of weights placed on the device (0 on CPU: the mapping is used)
         self._placed: dict[str, object] = {}
 
