@@ -34,13 +34,14 @@ from .memory import HostMemory, memory_for
 from .metadata import Latency, ModelMeta
 from .state_pool import StatePool
 
-PROVIDERS = ("cpu", "cuda", "tensorrt", "torch-cpu", "torch-cuda")
+BACKENDS = ("cpu", "cuda", "tensorrt", "torch-cpu", "torch-cuda")
+"""The engine's ``provider`` values (ONNX Runtime's own provider lists are in :mod:`brogue.engine.ort_session`)."""
 
 
 def default_memory(provider: str) -> str:
     """Where ``provider``'s buffers live: "host" for ORT's CPU provider, else a torch device."""
-    if provider not in PROVIDERS:
-        raise ValueError(f"unknown execution provider {provider!r}; choose from {', '.join(PROVIDERS)}")
+    if provider not in BACKENDS:
+        raise ValueError(f"unknown execution provider {provider!r}; choose from {', '.join(BACKENDS)}")
     return {"cpu": "host", "torch-cpu": "torch-cpu"}.get(provider, "torch-cuda")
 
 
