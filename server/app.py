@@ -111,6 +111,7 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
             loop.remove_signal_handler(sig)
         await _drain(front, ws_server, servers, drain_seconds)
         watcher.cancel()
+        await gateway.pool.close()
 
 
 async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, seconds: float) -> None:

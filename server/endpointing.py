@@ -48,15 +48,38 @@ class EndpointingConfig:
         )
 
 
+class _Window:
+    """The last ``size`` frame flags, and how many of them are set (kept as they slide: O(1))."""
+
+    def __init__(self, size: int):
+        self.flags: deque = deque(maxlen=size)
+        self.set = 0
+
+    def push(self, flag: bool) -> None:
+        if len(self.flags) == self.flags.maxlen:
+            self.set -= self.flags[0]
+        self.flags.append(flag)
+        self.set += flag
+
+    def at_least(self, fraction: float) -> bool:
+        """Full, and at least ``fraction`` of the flags are set."""
+        n = len(self.flags)
+        return n == self.flags.maxlen and self.set / n >= fraction
+
+    def clear(self) -> None:
+        self.flags.clear()
+        self.set = 0
+
+
 class Endpointer:
     """Tracks speech start and end over the encoder frames of one stream."""
 
     def __init__(self, cfg: EndpointingConfig, frame_ms: float):
         self.cfg = cfg
         n = lambda ms: max(1, round(ms / frame_ms))  # noqa: E731
-        self._start = deque(maxlen=n(cfg.start_history_ms))
-        self._stop = deque(maxlen=n(cfg.stop_history_ms))
-        self._eou = deque(maxlen=n(cfg.stop_history_eou_ms))
+        self._start = _Window(n(cfg.start_history_ms))
+        self._stop = _Window(n(cfg.stop_history_ms))
+        self._eou = _Window(n(cfg.stop_history_eou_ms))
         self.in_speech = False
         self.eou_hint = False
 
@@ -71,20 +94,19 @@ class Endpointer:
     def update(self, blank_probs) -> int | None:
         """Feed new frames; returns the index (into ``blank_probs``) of the frame that ends the
         utterance, or None."""
+        cfg = self.cfg
         for i, p in enumerate(blank_probs):
             blank = p >= 0.5
             if not self.in_speech:
-                self._start.append(not blank)
-                if len(self._start) == self._start.maxlen and \
-                        sum(self._start) / len(self._start) >= self.cfg.start_threshold:
+                self._start.push(not blank)
+                if self._start.at_least(cfg.start_threshold):
                     self.in_speech = True
                     self._stop.clear()
                     self._eou.clear()
                 continue
-            self._stop.append(blank)
-            self._eou.append(blank)
-            self.eou_hint = len(self._eou) == self._eou.maxlen and \
-                sum(self._eou) / len(self._eou) >= self.cfg.stop_threshold_eou
-            if len(self._stop) == self._stop.maxlen and sum(self._stop) / len(self._stop) >= self.cfg.stop_threshold:
+            self._stop.push(blank)
+            self._eou.push(blank)
+            self.eou_hint = self._eou.at_least(cfg.stop_threshold_eou)
+            if self._stop.at_least(cfg.stop_threshold):
                 return i
         return None

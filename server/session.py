@@ -11,9 +11,8 @@ behave the same and the logic is tested without sockets:
 - :meth:`StreamSession.force_endpoint` ends the current utterance now (a client "flush");
 - :meth:`StreamSession.on_end` returns the last final once the model's last reply is in.
 
-Words come from tokens: a token that starts a word (space or SentencePiece ``▁``) opens a word,
-with the start time of its first spoken token (not a bare space), the end time of the frame after
-its last token, and the mean confidence of its spoken tokens.
+Transcripts and words are built as tokens arrive (:mod:`brogue.server.utterance`): a reply costs
+work in proportion to its new tokens, not to the length of the utterance.
 """
 
 from __future__ import annotations
@@ -26,6 +25,9 @@ from brogue.audio.codecs import AudioDecoder
 from brogue.engine.vocab import Detokenizer
 
 from .endpointing import EndpointingConfig, Endpointer
+from .utterance import Utterance, Word
+
+__all__ = ["ModelInfo", "Result", "SessionConfig", "StreamSession", "Word"]
 
 
 @dataclass(frozen=True)
@@ -57,14 +59,6 @@ class ModelInfo:
 
 
 @dataclass
-class Word:
-    word: str
-    start: float
-    end: float
-    confidence: float
-
-
-@dataclass
 class Result:
     """A partial or final transcript of one utterance."""
 
@@ -75,6 +69,7 @@ class Result:
     start: float = 0.0
     end: float = 0.0
     stable: bool = False  # partial only: the endpointer's early end-of-utterance hint fired
+    confidence: float = 0.0  # the mean confidence of the words
 
 
 class StreamSession:
@@ -85,10 +80,11 @@ class StreamSession:
         self.decoder = AudioDecoder(config.encoding, config.sample_rate, model.sample_rate)
         self.endpointer = Endpointer(config.endpointing, model.frame_seconds * 1000)
         self._pending = np.zeros(0, np.float32)
-        self._tokens: list[tuple[int, float, float]] = []  # (token, time, confidence) of this utterance
+        self.utterance = Utterance(self.detok, model.frame_seconds)
         self.utterance_id = 0
         self.frames_done = 0
         self.audio_seconds = 0.0
+        self.work = 0  # tokens touched by finished utterances (see Utterance.work)
 
     # -- audio in, chunks out --------------------------------------------------------------------
 
@@ -117,24 +113,24 @@ class StreamSession:
         """The model's reply to one chunk -> result events."""
         start_frame = self.frames_done
         self.frames_done += len(blank_probs)
-        new = list(zip(tokens, times, confidences))
         events: list[Result] = []
         end = self.endpointer.update(blank_probs)
         if end is not None:
             cut = (start_frame + end + 1) * self.model.frame_seconds
-            self._tokens += [t for t in new if t[1] < cut]
-            new = [t for t in new if t[1] >= cut]
-            if self._tokens:
+            k = next((i for i, t in enumerate(times) if t >= cut), len(times))
+            self.utterance.add(tokens[:k], times[:k], confidences[:k])
+            tokens, times, confidences = tokens[k:], times[k:], confidences[k:]
+            if self.utterance:
                 events.append(self._result("final", end_time=cut))
             self._next_utterance()
-        self._tokens += new
-        if self._tokens and self.config.interim_results and (new or events):
+        self.utterance.add(tokens, times, confidences)
+        if self.utterance and self.config.interim_results and (len(tokens) or events):
             events.append(self._result("partial", stable=self.endpointer.eou_hint))
         return events
 
     def force_endpoint(self) -> list[Result]:
         """Finalize the current utterance now (client flush)."""
-        events = [self._result("final")] if self._tokens else []
+        events = [self._result("final")] if self.utterance else []
         self._next_utterance()
         return events
 
@@ -145,31 +141,14 @@ class StreamSession:
     # -- internals -------------------------------------------------------------------------------
 
     def _next_utterance(self) -> None:
-        if self._tokens:
+        if self.utterance:
             self.utterance_id += 1
-        self._tokens = []
+        self.work += self.utterance.work
+        self.utterance = Utterance(self.detok, self.model.frame_seconds)
         self.endpointer.reset()
 
     def _result(self, kind: str, stable: bool = False, end_time: float | None = None) -> Result:
-        ids = [t for t, _, _ in self._tokens]
-        words = self._words()
-        start = self._tokens[0][1]
-        end = end_time if end_time is not None else (words[-1].end if words else start)
-        return Result(kind, self.utterance_id, self.detok.decode(ids), words, round(start, 3), round(end, 3), stable)
-
-    def _words(self) -> list[Word]:
-        fs = self.model.frame_seconds
-        groups: list[list[tuple[int, float, float]]] = []
-        for tok in self._tokens:
-            if not groups or self.detok.starts_word(tok[0]):
-                groups.append([])
-            groups[-1].append(tok)
-        words = []
-        for g in groups:
-            text = self.detok.decode([t for t, _, _ in g])
-            if not text:
-                continue
-            spoken = [tok for tok in g if self.detok.tokens[tok[0]].strip()] or g  # not a bare space
-            words.append(Word(text, round(spoken[0][1], 3), round(g[-1][1] + fs, 3),
-                              round(float(np.mean([c for _, _, c in spoken])), 4)))
-        return words
+        u = self.utterance
+        end = end_time if end_time is not None else u.end()
+        return Result(kind, self.utterance_id, u.transcript(), u.all_words(), round(u.start, 3), round(end, 3),
+                      stable, round(u.confidence(), 4))

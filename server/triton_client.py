@@ -80,12 +80,12 @@ _END = object()
 
 class Sequence:
     """One Triton sequence on its own gRPC stream (a tritonclient stream's errors don't say which
-    request failed, so sequences never share one)."""
+    request failed, so sequences never share one), over the pool's channel to its instance."""
 
     def __init__(self, pool: "TritonPool", url: str, corrid: int, adapter: str, latency: str, timeout: float):
         self.pool, self.url, self.corrid = pool, url, corrid
         self.adapter, self.latency, self.timeout = adapter, latency, timeout
-        self._client = aioclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        self._client = pool.client(url)
         self._requests: asyncio.Queue = asyncio.Queue()
         self._replies = None
         self.started = False
@@ -145,15 +145,13 @@ class Sequence:
         return reply
 
     async def _end_detached(self) -> None:
-        client = aioclient.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         try:
-            await client.infer(self.pool.model, request_inputs(np.zeros(0, np.float32), start=False,
-                                                               adapter=self.adapter, latency=self.latency),
-                               sequence_id=self.corrid, sequence_end=True, client_timeout=self.timeout)
+            await self.pool.client(self.url).infer(
+                self.pool.model, request_inputs(np.zeros(0, np.float32), start=False, adapter=self.adapter,
+                                                latency=self.latency),
+                sequence_id=self.corrid, sequence_end=True, client_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001 - best effort: Triton's idle sweep is the fallback
             log.info("ending abandoned sequence %d on %s failed: %s", self.corrid, self.url, e)
-        finally:
-            await client.close()
 
     def _classify(self, error) -> Exception:
         if isinstance(error, grpc.RpcError):
@@ -173,7 +171,8 @@ class Sequence:
         return SequenceError(msg)
 
     async def close(self) -> None:
-        """Release the gRPC stream (Triton frees the state on END, or sweeps it after idling)."""
+        """Release the gRPC stream (Triton frees the state on END, or sweeps it after idling); the
+        channel stays, the pool's."""
         if self.closed:
             return
         self.closed = True
@@ -181,7 +180,6 @@ class Sequence:
         await self._requests.put(_END)
         if self._replies is not None:
             self._replies.cancel()
-        await self._client.close()
 
 
 class TritonPool:
@@ -193,6 +191,10 @@ class TritonPool:
     proves it serves :attr:`fingerprint` (an empty sequence) and its bank has been warmed with the
     adapters ``warm()`` names (so a restarted Triton has them loaded before streams need them).
     ``on_change(ready_urls)`` is called on every change. New streams go to ready instances only.
+
+    Every call to an instance (streams, probes, the model checks) goes over one tritonclient client
+    per instance (:meth:`client`: one gRPC channel), made on first use in the running event loop;
+    :meth:`close` closes them.
     """
 
     def __init__(self, urls: list[str], *, model: str = MODEL, timeout: float = 30.0,
@@ -208,6 +210,24 @@ class TritonPool:
         self._refused: dict[str, str] = {}  # url -> why it was last refused admission
         self._ids = itertools.count(secrets.randbits(62))
         self._background: set[asyncio.Task] = set()
+        self._clients: dict[str, aioclient.InferenceServerClient] = {}
+        self._clients_loop = None  # the event loop the clients' channels belong to
+
+    def client(self, url: str) -> aioclient.InferenceServerClient:
+        """The shared client (one gRPC channel) to ``url``, for the running event loop."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._clients_loop:  # a channel is bound to the loop it was made in
+            self._clients, self._clients_loop = {}, loop
+        c = self._clients.get(url)
+        if c is None:
+            c = self._clients[url] = aioclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        return c
+
+    async def close(self) -> None:
+        """Close the channels (streams still on them fail)."""
+        clients, self._clients = self._clients, {}
+        for c in clients.values():
+            await c.close()
 
     def ready_urls(self) -> list[str]:
         return [u for u in self.urls if self.ready[u]]
@@ -244,14 +264,10 @@ class TritonPool:
 
     async def _ask_model(self, url: str, adapter: str = "") -> ChunkReply:
         """An empty sequence (START and END, no audio) on ``url``, with ``adapter`` loaded for it."""
-        client = aioclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
-        try:
-            result = await client.infer(self.model, request_inputs(np.zeros(0, np.float32), start=True,
-                                                                   adapter=adapter),
-                                        sequence_id=next(self._ids), sequence_start=True, sequence_end=True,
-                                        client_timeout=self.timeout)
-        finally:
-            await client.close()
+        result = await self.client(url).infer(self.model, request_inputs(np.zeros(0, np.float32), start=True,
+                                                                         adapter=adapter),
+                                               sequence_id=next(self._ids), sequence_start=True, sequence_end=True,
+                                               client_timeout=self.timeout)
         return parse_reply(result)
 
     async def check_models(self, model_dir: str = "") -> list[str]:
@@ -291,19 +307,14 @@ class TritonPool:
 
     async def watch(self, interval: float = 0.5) -> None:
         """Probe every instance every ``interval`` seconds until cancelled (see the class docstring)."""
-        clients = {u: aioclient.InferenceServerClient(u, channel_args=CHANNEL_ARGS) for u in self.urls}
-        try:
-            while True:
-                for url, client in clients.items():
-                    try:
-                        ok = bool(await client.is_model_ready(self.model, client_timeout=max(interval, 1.0)))
-                    except Exception:  # noqa: BLE001 - any failure means not ready
-                        ok = False
-                    if not ok:
-                        self._set_ready(url, False, "its health API says the model is not ready")
-                    elif not self.ready[url]:
-                        await self._admit(url)
-                await asyncio.sleep(interval)
-        finally:
-            for client in clients.values():
-                await client.close()
+        while True:
+            for url in self.urls:
+                try:
+                    ok = bool(await self.client(url).is_model_ready(self.model, client_timeout=max(interval, 1.0)))
+                except Exception:  # noqa: BLE001 - any failure means not ready
+                    ok = False
+                if not ok:
+                    self._set_ready(url, False, "its health API says the model is not ready")
+                elif not self.ready[url]:
+                    await self._admit(url)
+            await asyncio.sleep(interval)

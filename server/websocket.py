@@ -20,7 +20,7 @@ import logging
 import socket
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -114,7 +114,7 @@ def parse_config(text) -> SessionConfig:
 
 def result_message(ev) -> dict:
     return {"type": ev.kind, "utterance_id": ev.utterance_id, "transcript": ev.transcript,
-            "words": [asdict(w) for w in ev.words], "start": ev.start, "end": ev.end,
+            "words": [w.as_dict() for w in ev.words], "start": ev.start, "end": ev.end,
             **({"stable": ev.stable} if ev.kind == "partial" else {})}
 
 

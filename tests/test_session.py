@@ -139,3 +139,143 @@ def test_no_interim_results_means_finals_only():
     assert s.on_reply(_ids("ab"), [0.0, 0.08], [1, 1], [0.1, 0.1]) == []
     (final,) = s.on_end()
     assert final.kind == "final" and final.transcript == "ab"
+
+
+# -- incremental results: the same output as building each result from scratch, at a cost per token --
+
+def _from_scratch(detok, toks, fs):
+    """The transcript and words of one utterance built from all its tokens, as the session did before
+    it built them incrementally: the reference the incremental results must equal."""
+    groups = []
+    for tok in toks:
+        if not groups or detok.starts_word(tok[0]):
+            groups.append([])
+        groups[-1].append(tok)
+    words = []
+    for g in groups:
+        text = detok.decode([t for t, _, _ in g])
+        if text:
+            spoken = [t for t in g if detok.tokens[t[0]].strip()] or g
+            words.append((text, round(spoken[0][1], 3), round(g[-1][1] + fs, 3),
+                          round(float(np.mean([c for _, _, c in spoken])), 4)))
+    return detok.decode([t for t, _, _ in toks]), words
+
+
+def _same(ev, want) -> None:
+    """``ev`` (a Result) has the reference's transcript and words; confidences to their 4 decimals
+    (the mean is now summed exactly, numpy's mean was not)."""
+    assert ev.transcript == want[0]
+    assert [(w.word, w.start, w.end) for w in ev.words] == [w[:3] for w in want[1]]
+    assert [w.confidence for w in ev.words] == pytest.approx([w[3] for w in want[1]], abs=1.01e-4)
+
+
+def _random_replies(rng, n_chunks, vocab, frames=6, fs=0.04, pause_every=0):
+    """``n_chunks`` replies of ``frames`` frames: random tokens of ``vocab`` (ids), speech frames
+    (blank prob 0.1), and with ``pause_every`` a silent stretch every that many chunks."""
+    t = 0.0
+    for c in range(n_chunks):
+        silent = pause_every and c % pause_every in (pause_every - 2, pause_every - 1)
+        toks, times, confs = [], [], []
+        for f in range(frames):
+            if not silent and rng.random() < 0.6:
+                toks.append(rng.choice(vocab))
+                times.append(round(t + f * fs, 4))
+                confs.append(round(rng.uniform(0.3, 1.0), 3))
+        yield toks, times, confs, [0.99 if silent else 0.1] * frames
+        t += frames * fs
+
+
+@pytest.mark.parametrize("kind", ["char", "sentencepiece"])
+@pytest.mark.parametrize("pause_every", [0, 40])
+def test_partials_and_finals_equal_results_built_from_scratch(kind, pause_every):
+    if kind == "char":
+        tokens, vocab = CHARS, list(range(len(CHARS)))
+    else:  # word pieces, a bare mark, byte pieces of "é" (0xC3 0xA9) and the unknown piece
+        tokens = ["<unk>", "\u2581", "\u2581the", "\u2581c", "at", "s", "\u2581sa", "t", "<0xC3>", "<0xA9>"]
+        vocab = list(range(len(tokens)))
+    model = ModelInfo(tokens, kind, frame_seconds=0.04, chunk_samples=3840)
+    s = StreamSession(SessionConfig(), model)
+    rng = random.Random(7)
+    utt: list = []
+    for toks, times, confs, blanks in _random_replies(rng, 300, vocab, pause_every=pause_every):
+        events = s.on_reply(toks, times, confs, blanks)
+        for ev in events:
+            if ev.kind == "final":  # the utterance so far, cut where the endpointer cut it
+                cut = [t for t in utt + list(zip(toks, times, confs)) if t[1] < ev.end]
+                want = _from_scratch(s.detok, cut, 0.04)
+                utt = [t for t in utt + list(zip(toks, times, confs)) if t[1] >= ev.end]
+                toks = []
+            else:
+                utt += list(zip(toks, times, confs))
+                toks = []
+                want = _from_scratch(s.detok, utt, 0.04)
+            _same(ev, want)
+            assert ev.confidence == pytest.approx(np.mean([w[3] for w in want[1]]) if want[1] else 0.0, abs=1e-4)
+        utt += list(zip(toks, times, confs))
+    (final,) = s.on_end()
+    _same(final, _from_scratch(s.detok, utt, 0.04))
+
+
+def test_a_ten_minute_utterance_costs_the_same_per_reply_at_its_end_as_at_its_start():
+    """No endpoint for 10 minutes (2500 replies of 240 ms): the tokens each reply touches stay
+    bounded by its new tokens and the open word, however long the utterance has grown."""
+    model = ModelInfo(CHARS, "char", frame_seconds=0.04, chunk_samples=3840)
+    s = StreamSession(SessionConfig(), model)
+    rng = random.Random(3)
+    vocab = [CHARS.index(c) for c in "abcdefghij    "]  # words of a few letters
+    costs, n_events = [], 0
+    for toks, times, confs, blanks in _random_replies(rng, 2500, vocab):
+        before = s.utterance.work
+        n_events += len(s.on_reply(toks, times, confs, blanks))
+        costs.append(s.utterance.work - before - len(toks))
+    assert s.utterance_id == 0 and n_events > 2000  # one utterance, a partial per reply
+    assert len(s.utterance.words) > 1500
+    longest = max(len(w.word) for w in s.utterance.words) + 1  # with its space
+    # each reply touches its closed word once and the open word for the result: a few word lengths,
+    # while the utterance has grown to thousands of tokens
+    assert max(costs) <= 4 * longest + 8, (max(costs), longest)
+    assert np.mean(costs[-250:]) <= 1.3 * np.mean(costs[:250]) + 1
+
+
+def _endpoints_by_sums(cfg, frame_ms, blank_probs):
+    """The endpointer as it was, summing each window at every frame (the reference)."""
+    from collections import deque
+
+    n = lambda ms: max(1, round(ms / frame_ms))  # noqa: E731
+    start, stop, eou = deque(maxlen=n(cfg.start_history_ms)), deque(maxlen=n(cfg.stop_history_ms)), \
+        deque(maxlen=n(cfg.stop_history_eou_ms))
+    in_speech, out = False, []
+    for i, p in enumerate(blank_probs):
+        blank = p >= 0.5
+        if not in_speech:
+            start.append(not blank)
+            if len(start) == start.maxlen and sum(start) / len(start) >= cfg.start_threshold:
+                in_speech = True
+                stop.clear()
+                eou.clear()
+            out.append((False, in_speech))
+            continue
+        stop.append(blank)
+        eou.append(blank)
+        hint = len(eou) == eou.maxlen and sum(eou) / len(eou) >= cfg.stop_threshold_eou
+        if len(stop) == stop.maxlen and sum(stop) / len(stop) >= cfg.stop_threshold:
+            out.append(("end", hint))
+            start.clear(), stop.clear(), eou.clear()
+            in_speech = False
+            continue
+        out.append((hint, in_speech))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=400), st.integers(40, 600), st.floats(0.05, 1.0))
+def test_endpointer_with_sliding_counts_equals_summing_the_windows(probs, stop_ms, threshold):
+    cfg = EndpointingConfig(stop_history_ms=stop_ms, stop_threshold=threshold, stop_history_eou_ms=max(40, stop_ms // 2))
+    ep, got = Endpointer(cfg, 40.0), []
+    for i, p in enumerate(probs):  # one frame per update, so every frame's state is seen
+        if ep.update([p]) is not None:
+            got.append(("end", ep.eou_hint))
+            ep.reset()
+        else:
+            got.append((ep.eou_hint if ep.in_speech else False, ep.in_speech))
+    assert got == _endpoints_by_sums(cfg, 40.0, probs)

@@ -28,24 +28,24 @@ class Decoded:
 
 def ctc_greedy(logprobs: np.ndarray, lengths: np.ndarray, last_tokens: np.ndarray, blank: int) -> list[Decoded]:
     """Greedy CTC over ``logprobs [B, T, V+1]``: argmax, collapse repeats (also across chunks via
-    ``last_tokens``, updated in place), drop blanks."""
+    ``last_tokens``, updated in place), drop blanks. Whole-batch array operations: the only loop is
+    the one that cuts the result into rows."""
+    b_size, t_size = logprobs.shape[:2]
+    lengths = np.asarray(lengths)
     best = logprobs.argmax(axis=-1)
-    out = []
-    for b in range(logprobs.shape[0]):
-        n = int(lengths[b])
-        d = Decoded(blank_probs=np.exp(logprobs[b, :n, blank]).astype(np.float32))
-        prev = int(last_tokens[b])
-        for t in range(n):
-            k = int(best[b, t])
-            if k != blank and k != prev:
-                d.tokens.append(k)
-                d.frames.append(t)
-                d.confidences.append(float(np.exp(logprobs[b, t, k])))
-            prev = k
-        if n:
-            last_tokens[b] = prev
-        out.append(d)
-    return out
+    prev = np.empty_like(best)
+    prev[:, :1] = np.asarray(last_tokens).reshape(-1, 1)
+    prev[:, 1:] = best[:, :-1]
+    valid = np.arange(t_size)[None, :] < lengths[:, None]
+    rows, frames = np.nonzero(valid & (best != blank) & (best != prev))
+    tokens = best[rows, frames]
+    conf = np.exp(logprobs[rows, frames, tokens])
+    blank_probs = np.exp(logprobs[:, :, blank])
+    cuts = np.searchsorted(rows, np.arange(b_size + 1))
+    spoken = lengths > 0
+    last_tokens[spoken] = best[spoken, lengths[spoken] - 1]
+    return [Decoded(tokens[a:z].tolist(), frames[a:z].tolist(), conf[a:z].tolist(), blank_probs[b, :lengths[b]])
+            for b, (a, z) in enumerate(zip(cuts[:-1], cuts[1:]))]
 
 
 class _TorchStep:

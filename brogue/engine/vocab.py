@@ -26,14 +26,22 @@ class Detokenizer:
         self.kind = kind
         self._bytes = {i: int(m.group(1), 16) for i, t in enumerate(tokens) if (m := _BYTE.match(t))}
         self._surface = [_SPECIAL.get(t, t) for t in tokens] if kind == "sentencepiece" else tokens
+        self._starts = [t.startswith(WORD_MARK) if kind == "sentencepiece" else t == " " for t in tokens]
+        self._spoken = [bool(t.strip()) for t in tokens]
 
     def pieces(self, ids) -> list[str]:
         return [self.tokens[i] for i in ids]
 
     def decode(self, ids) -> str:
         """Text of a whole token sequence (leading and trailing spaces stripped)."""
+        return self.text(ids).strip()
+
+    def text(self, ids) -> str:
+        """Text of a token sequence, not stripped. Concatenative at word starts: the text of a
+        sequence is the texts of its pieces cut before any word-start token, joined (a word-start
+        token is never a byte piece, so no UTF-8 sequence is cut)."""
         if self.kind == "char":
-            return "".join(self.tokens[i] for i in ids).strip()
+            return "".join([self.tokens[i] for i in ids])
         out, pending = [], bytearray()
         for i in ids:
             if i in self._bytes:
@@ -45,7 +53,7 @@ class Detokenizer:
             out.append(self._surface[i])
         if pending:
             out.append(pending.decode("utf-8", errors="replace"))
-        return "".join(out).replace(WORD_MARK, " ").strip()
+        return "".join(out).replace(WORD_MARK, " ")
 
     def delta(self, ids) -> str:
         """Text of tokens appended to a stream, not stripped: concatenating the deltas of a stream
@@ -63,5 +71,8 @@ class Detokenizer:
 
     def starts_word(self, token_id: int) -> bool:
         """Whether this token begins a new word (for word timing)."""
-        t = self.tokens[token_id]
-        return t.startswith(WORD_MARK) if self.kind == "sentencepiece" else t == " "
+        return self._starts[token_id]
+
+    def is_spoken(self, token_id: int) -> bool:
+        """Whether the token writes more than white space (a bare space or ``▁`` does not)."""
+        return self._spoken[token_id]

@@ -295,9 +295,8 @@ def session_config(gateway: Gateway, rc, audio: bytes, final: bool, interim: boo
 
 
 def alternative(ev, with_words: bool) -> rasr.SpeechRecognitionAlternative:
-    conf = sum(w.confidence for w in ev.words) / len(ev.words) if ev.words else 0.0
     alt = rasr.SpeechRecognitionAlternative(transcript=ev.transcript + (" " if ev.kind == "final" else ""),
-                                            confidence=conf)
+                                            confidence=ev.confidence)
     if with_words:
         alt.words.extend(rasr.WordInfo(word=w.word, start_time=round(w.start * 1000), end_time=round(w.end * 1000),
                                        confidence=w.confidence) for w in ev.words)
