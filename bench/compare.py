@@ -1,9 +1,11 @@
 """Side-by-side throughput of the same clips through five paths, as fast as each path goes.
 
 Every path streams the same clips, ``streams`` at a time, chunk by chunk, without real-time pacing,
-and reports audio seconds per wall second and WER against the clips' texts (equal accuracy is part
-of the comparison: the ONNX paths give identical transcripts; NeMo's may differ in the last digits
-of a log-prob, so rarely in a token):
+and reports audio seconds per wall second, the server side's CPU seconds per audio second
+(``cpu_per_audio_s``: the gateway's and Triton's process trees for the served paths, this process
+for the in-process ones; the bench's clients are not counted) and WER against the clips' texts
+(equal accuracy is part of the comparison: the ONNX paths give identical transcripts; NeMo's may
+differ in the last digits of a log-prob, so rarely in a token):
 
 - ``base``: the gateway end to end (WebSocket), every stream on the base tenant;
 - ``mixed``: the same with the streams cycling over the adapter tenants, so every batch holds up to
@@ -20,6 +22,7 @@ of a log-prob, so rarely in a token):
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +35,37 @@ from .load import Clip
 from .stack import Stack
 
 
-def _rate(name: str, audio_s: float, wall: float, hyps: dict[str, str], clips: list[Clip], **extra) -> dict:
+def _rate(name: str, audio_s: float, wall: float, hyps: dict[str, str], clips: list[Clip], cpu_s: float | None = None,
+          **extra) -> dict:
     import jiwer
 
     refs = [c.text for c in clips if c.name in hyps]
     out = [hyps[c.name] for c in clips if c.name in hyps]
     return {"path": name, "audio_s": round(audio_s, 1), "wall_s": round(wall, 2),
-            "audio_s_per_s": round(audio_s / wall, 2), "completed": len(out), "of": len(clips),
+            "audio_s_per_s": round(audio_s / wall, 2),
+            "cpu_per_audio_s": round(cpu_s / audio_s, 4) if cpu_s is not None and audio_s else None,
+            "completed": len(out), "of": len(clips),
             "wer": round(100 * jiwer.wer(refs, [h or "<empty>" for h in out]), 2) if out else None, **extra}
+
+
+class _ServerCPU:
+    """CPU seconds of the stack's servers (gateway and Triton, each with its children) over a block."""
+
+    def __init__(self, stack: Stack, names=("gateway", "triton")):
+        self.stack, self.names = stack, names
+
+    def _now(self) -> float:
+        from .procstat import tree_usage
+
+        pids = self.stack.pids()
+        return sum(tree_usage(pids[n])[0] for n in self.names if n in pids)
+
+    def __enter__(self) -> "_ServerCPU":
+        self.cpu_s, self._t0 = None, self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cpu_s = self._now() - self._t0
 
 
 def _shares(clips: list[Clip], streams: int) -> list[list[Clip]]:
@@ -65,10 +91,11 @@ def gateway_throughput(stack: Stack, clips: list[Clip], streams: int, *, mixed: 
         return hyps, errors
 
     t0 = time.monotonic()
-    hyps, errors = asyncio.run(main())
+    with _ServerCPU(stack) as cpu:
+        hyps, errors = asyncio.run(main())
     wall = time.monotonic() - t0
-    return _rate(name, sum(c.seconds for c in clips if c.name in hyps), wall, hyps, clips, errors=len(errors),
-                 adapters_in_use=len({t.adapter for t in tenants}))
+    return _rate(name, sum(c.seconds for c in clips if c.name in hyps), wall, hyps, clips, cpu.cpu_s,
+                 errors=len(errors), adapters_in_use=len({t.adapter for t in tenants}))
 
 
 def direct_triton_throughput(stack: Stack, clips: list[Clip], streams: int) -> dict:
@@ -121,17 +148,20 @@ def direct_triton_throughput(stack: Stack, clips: list[Clip], streams: int) -> d
         return hyps
 
     t0 = time.monotonic()
-    hyps = asyncio.run(main())
+    with _ServerCPU(stack, ("triton",)) as cpu:
+        hyps = asyncio.run(main())
     wall = time.monotonic() - t0
-    return _rate("direct_triton", sum(c.seconds for c in clips), wall, hyps, clips)
+    return _rate("direct_triton", sum(c.seconds for c in clips), wall, hyps, clips, cpu.cpu_s)
 
 
-def in_process_throughput(model_dir: Path, clips: list[Clip], streams: int, threads: int = 0) -> dict:
+def in_process_throughput(model_dir: Path, clips: list[Clip], streams: int, threads: int = 0,
+                          decoder: str = "auto") -> dict:
     """Batches of ``streams`` clips, each stepped chunk by chunk in lock step (base model)."""
     from brogue.engine.runner import StreamingRunner
 
-    runner = StreamingRunner(model_dir, threads=threads)
+    runner = StreamingRunner(model_dir, threads=threads, decoder=decoder)
     hyps = {}
+    cpu0 = time.process_time()
     t0 = time.monotonic()
     for b in range(0, len(clips), streams):
         batch = clips[b:b + streams]
@@ -140,7 +170,7 @@ def in_process_throughput(model_dir: Path, clips: list[Clip], streams: int, thre
         for c, st in zip(batch, states):
             hyps[c.name] = runner.detok.decode(st.tokens)
     wall = time.monotonic() - t0
-    return _rate("in_process", sum(c.seconds for c in clips), wall, hyps, clips)
+    return _rate("in_process", sum(c.seconds for c in clips), wall, hyps, clips, time.process_time() - cpu0)
 
 
 def nemo_throughput(nemo_path: Path, clips: list[Clip], streams: int, threads: int = 2) -> dict:
@@ -156,6 +186,7 @@ def nemo_throughput(nemo_path: Path, clips: list[Clip], streams: int, threads: i
     enc = model.encoder
     enc.setup_streaming_params()
     hyps = {}
+    cpu0 = time.process_time()
     t0 = time.monotonic()
     with torch.inference_mode():
         for b in range(0, len(clips), streams):
@@ -178,19 +209,73 @@ def nemo_throughput(nemo_path: Path, clips: list[Clip], streams: int, threads: i
             for c, h in zip(batch, texts):
                 hyps[c.name] = " ".join((h.text if hasattr(h, "text") else str(h)).split())
     wall = time.monotonic() - t0
-    return _rate("nemo_pytorch", sum(c.seconds for c in clips), wall, hyps, clips)
+    return _rate("nemo_pytorch", sum(c.seconds for c in clips), wall, hyps, clips, time.process_time() - cpu0)
 
 
-def ratios(results: dict[str, dict]) -> dict[str, float]:
-    """The comparison ratios of throughput (above 1: the first path is faster)."""
-    r = {}
+def sherpa_throughput(model_dir: Path, clips: list[Clip], streams: int, nemo: Path, threads: int = 1) -> dict:
+    """sherpa-onnx's engine on the same clips, ``streams`` at a time, one chunk packet per stream per
+    round (:func:`bench.sherpa.measure`, in a spawned process), on an export of ``nemo`` at the
+    latency of the Brogue export in ``model_dir``; ``threads`` ORT threads (1: sherpa's spin with
+    more, which would only make it dearer)."""
+    from . import sherpa
 
-    def put(name, a, b):
-        if a in results and b in results and results[b]["audio_s_per_s"]:
-            r[name] = round(results[a]["audio_s_per_s"] / results[b]["audio_s_per_s"], 2)
+    latency, packet = sherpa.brogue_latency(model_dir)
+    with tempfile.TemporaryDirectory(prefix="sherpa-onnx-") as tmp:
+        d = sherpa.prepare_sherpa(nemo, latency, tmp)
+        r = sherpa.measure_isolated("sherpa_onnx", d, sherpa.as_audio(clips), streams, threads, packet)
+    return _rate("sherpa_onnx", r["audio_s"], r["wall_s"], r["hyps"], clips, r["cpu_s"], threads=threads)
 
-    put("brogue/in_process", "base", "in_process")
-    put("mixed_adapters/base", "mixed", "base")
-    put("brogue/nemo_pytorch", "base", "nemo_pytorch")
-    put("brogue/direct_triton", "base", "direct_triton")
-    return r
+
+# name -> (numerator path, denominator path, measure); above 1 the first path is better: faster
+# (audio s per s) or cheaper (CPU s per audio s).
+RATIOS = {
+    "brogue/in_process": ("base", "in_process", "audio_s_per_s"),
+    "brogue/in_process cpu": ("base", "in_process", "cpu_per_audio_s"),
+    "mixed_adapters/base": ("mixed", "base", "audio_s_per_s"),
+    "brogue/nemo_pytorch": ("base", "nemo_pytorch", "audio_s_per_s"),
+    "brogue/nemo_pytorch cpu": ("base", "nemo_pytorch", "cpu_per_audio_s"),
+    "brogue/direct_triton": ("base", "direct_triton", "audio_s_per_s"),
+    "brogue/sherpa_onnx cpu": ("base", "sherpa_onnx", "cpu_per_audio_s"),
+    "in_process/sherpa_onnx cpu": ("in_process", "sherpa_onnx", "cpu_per_audio_s"),
+}
+
+
+def ratio(a: dict, b: dict, measure: str) -> float | None:
+    """``a`` over ``b`` on ``measure``, oriented so that above 1 means ``a`` is better."""
+    x, y = a.get(measure), b.get(measure)
+    if not x or not y:
+        return None
+    return round(x / y if measure == "audio_s_per_s" else y / x, 3)
+
+
+def ratios(rounds: list[dict[str, dict]], skip=()) -> dict[str, dict]:
+    """Each ratio of :data:`RATIOS` per round (the paths of one round ran back to back), as the
+    median over the rounds with the range: ``{name: {"median", "min", "max", "rounds"}}``. Paths
+    measured once (NeMo) are compared with every round's other path."""
+    out = {}
+    for name, (a, b, measure) in RATIOS.items():
+        if name in skip:
+            continue
+        values = [ratio(r[a], r[b], measure) for r in rounds if a in r and b in r]
+        values = [v for v in values if v is not None]
+        if values:
+            out[name] = {"median": round(float(np.median(values)), 3), "min": min(values), "max": max(values),
+                         "rounds": values}
+    return out
+
+
+def summarise(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per path, the median over the rounds of its speed and CPU cost, with their ranges (the other
+    fields from its first round)."""
+    out = {}
+    for name in dict.fromkeys(k for r in rounds for k in r):
+        runs = [r[name] for r in rounds if name in r]
+        row = dict(runs[0])
+        for m in ("audio_s_per_s", "cpu_per_audio_s"):
+            vals = [x[m] for x in runs if x.get(m) is not None]
+            if vals:
+                row[m] = round(float(np.median(vals)), 4)
+                row[f"{m}_range"] = [min(vals), max(vals)]
+        row["runs"] = len(runs)
+        out[name] = row
+    return out

@@ -393,6 +393,16 @@ def gateway_active_streams(stack: Stack) -> float:
                for s in f.samples)
 
 
+def rss_slope(samples: list[dict], key: str, skip_s: float = 300.0) -> float | None:
+    """Least-squares slope of ``key`` (MB) over time, in MB per hour, past the first ``skip_s``
+    seconds (warm-up: arenas and caches fill); None with fewer than 3 samples."""
+    pts = [(x["t_s"], x[key]) for x in samples if x["t_s"] >= skip_s]
+    if len(pts) < 3:
+        return None
+    t, y = np.array(pts, dtype=float).T
+    return round(float(np.polyfit(t / 3600.0, y, 1)[0]), 2)
+
+
 def soak(stack: Stack, clips: list[Clip], n: int, minutes: float, sample_s: float = 15.0, log=print) -> dict:
     """``n`` callers for ``minutes``; RSS, gateway streams and Triton sequences every ``sample_s``."""
     load = BackgroundLoad(stack, clips, n).start()
@@ -416,5 +426,10 @@ def soak(stack: Stack, clips: list[Clip], n: int, minutes: float, sample_s: floa
     growth = {k: round(last[k] - warm[k], 1) for k in ("gateway_rss_mb", "triton_rss_mb")}
     s = _summary(records)
     return {"scenario": "soak", "minutes": minutes, "callers": n, **s, "rss_after_1_min": {k: warm[k] for k in growth},
-            "rss_end": {k: last[k] for k in growth}, "rss_growth_mb": growth, "after_load": end, "samples": samples,
+            "rss_end": {k: last[k] for k in growth}, "rss_growth_mb": growth,
+            "rss_slope_mb_per_hour": {k: rss_slope(samples, k) for k in growth},
+            "live_range": {k: [min(x[k] or 0 for x in samples[len(samples) // 6:]),
+                               max(x[k] or 0 for x in samples[len(samples) // 6:])]
+                           for k in ("gateway_streams", "triton_sequences")},
+            "after_load": end, "samples": samples,
             "ok": s["errors"] == 0 and end["gateway_streams"] == 0 and (end["triton_sequences"] or 0) == 0}

@@ -15,18 +15,30 @@ def _proc(level: dict, name: str) -> str:
     return "–" if not p else f"{p['cpu_cores_mean']:.2f} / {p['rss_mb_max']:.0f}"
 
 
+def _range(r) -> str:
+    return f"({r[0]}–{r[1]})" if r and r[0] != r[1] else ""
+
+
+def ratio_text(v) -> str:
+    """A ratio as ``median (min–max)``; older results held a single number."""
+    return f"{v['median']} ({v['min']}–{v['max']})" if isinstance(v, dict) else str(v)
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Model `{result['model']}` ({result['model_desc']}), chunk {result['chunk_ms']} ms; "
-             f"{m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GiB; {result['date']}.",
-             f"Command: `{result['command']}`", "",
-             f"**Capacity: {result['capacity']} concurrent real-time streams** (p95 end of speech to final ≤ "
-             f"{result['target_ms']:.0f} ms, no errors; {result['level_seconds']:g} s per level, "
-             f"callers alternating WebSocket and Riva gRPC over {len(result['tenants'])} tenants).", "",
+    lines = [f"Model `{result['model']}` ({result['model_desc']}), {result.get('decoder', '')} decoding, chunk "
+             f"{result['chunk_ms']} ms; {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gb']} GiB; {result['date']}.",
+             f"Command: `{result['command']}`", ""]
+    if result["capacity"] is not None:
+        lines += [f"**Capacity: {result['capacity']} concurrent real-time streams, {result['capacity_per_core']} per "
+                  f"core** (p95 end of speech to final ≤ {result['target_ms']:.0f} ms, no errors; "
+                  f"{result['level_seconds']:g} s per level, callers alternating WebSocket and Riva gRPC over "
+                  f"{len(result['tenants'])} tenants).", ""]
+    lines += [
              "| streams | streams run | errors | first partial p50/p95 ms | final p50/p95/p99 ms | "
              "chunk p50/p95/p99 ms | audio s/s | server CPU s per audio s | gateway cores / MB | "
              "Triton cores / MB | WER % |",
-             "|---:|---:|---:|---|---|---|---:|---:|---|---|---:|"]
+             "|---:|---:|---:|---|---|---|---:|---:|---|---|---:|"] if result["levels"] else []
     for lv in result["levels"]:
         fp, fl, ch = lv["first_partial"], lv["final_latency"], lv["chunk_latency"]
         lines.append(
@@ -36,11 +48,14 @@ def markdown(result: dict) -> str:
             f"{lv['rtf_cpu']} | {_proc(lv, 'gateway')} | {_proc(lv, 'triton')} | {lv['wer']} |")
     if result.get("comparisons"):
         lines += ["", f"Throughput, {result['compare_streams']} streams at a time, unpaced, same "
-                  f"{result['compare_clips']} clips:", "",
-                  "| path | audio s per s | WER % | completed |", "|---|---:|---:|---:|"]
+                  f"{result['compare_clips']} clips; the median of {result.get('rounds', 1)} interleaved rounds "
+                  "(range); the peers ran once, after the servers stopped:", "",
+                  "| path | audio s per s | server CPU s per audio s | WER % | completed |", "|---|---:|---:|---:|---:|"]
         for c in result["comparisons"].values():
-            lines.append(f"| {c['path']} | {c['audio_s_per_s']} | {c['wer']} | {c['completed']}/{c['of']} |")
-        lines += [""] + [f"- `ratio {k}={v}`" for k, v in result["ratios"].items()]
+            lines.append(f"| {c['path']} | {c['audio_s_per_s']} {_range(c.get('audio_s_per_s_range'))} | "
+                         f"{c.get('cpu_per_audio_s')} {_range(c.get('cpu_per_audio_s_range'))} | {c['wer']} | "
+                         f"{c['completed']}/{c['of']} |")
+        lines += [""] + [f"- `ratio {k}={ratio_text(v)}`" for k, v in result["ratios"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -51,6 +66,8 @@ def plots(result: dict, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     levels = result["levels"]
+    if not levels:
+        return []
     n = [lv["streams"] for lv in levels]
     files = []
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -46,6 +46,8 @@ class Stack(GatewayAddresses):
     bank_slots: int = 16
     max_streams: int = 512  # per tenant: the bench measures the servers, not the tenant limits
     tenants: list[BenchTenant] = field(default_factory=list)
+    decoder: str = "auto"  # asr_streaming's DECODER: auto (the model's LM if any) | greedy | lm
+    threads: int | None = None  # asr_streaming's INTRA_OP_THREADS (None: the repository's)
     owned_triton: bool = False  # `brogue serve` starts and supervises its own tritonserver
     triton: TritonProcess | None = None
     gateway: subprocess.Popen | None = None
@@ -73,6 +75,9 @@ class Stack(GatewayAddresses):
         import re
 
         cfg = re.sub(r'(key: "BANK_SLOTS", value: \{ string_value: )"\d+"', rf'\1"{self.bank_slots}"', cfg)
+        cfg = re.sub(r'(key: "DECODER", value: \{ string_value: )"\w+"', rf'\1"{self.decoder}"', cfg)
+        if self.threads is not None:
+            cfg = re.sub(r'(key: "INTRA_OP_THREADS", value: \{ string_value: )"\d+"', rf'\1"{self.threads}"', cfg)
         (self.root / "asr_streaming" / "config.pbtxt").write_text(cfg)
         refs = self._adapter_refs(store)
         self.tenants = [BenchTenant("base", "bench-base", "")] + [
@@ -103,6 +108,15 @@ class Stack(GatewayAddresses):
             refs.append(f"{m.name}@{m.version}")
             i += 1
         return refs[: self.adapters]
+
+    @property
+    def intra_op_threads(self) -> int:
+        """The INTRA_OP_THREADS asr_streaming runs with (0: ORT's default, one per core)."""
+        import re
+
+        m = re.search(r'key: "INTRA_OP_THREADS", value: \{ string_value: "(\d+)"',
+                      (self.root / "asr_streaming" / "config.pbtxt").read_text())
+        return int(m.group(1)) if m else 0
 
     @property
     def tenants_file(self) -> Path:

@@ -82,7 +82,7 @@ class StreamingModel:
     def __init__(self, model_dir: str | Path, store_dir: str | Path, *, slots: int = 8, provider: str = "cpu",
                  threads: int = 0, device_id: int = 0, idle_timeout: float = 60.0,
                  max_chunk_samples: int = 16000 * 10, pin: tuple[str, ...] = (), decoder: str = "auto",
-                 latencies=None, weights: str = "shared", max_streams: int = 256, max_batch: int = 64):
+                 latencies=None, weights: str = "auto", max_streams: int = 256, max_batch: int = 64):
         self.runner = StreamingRunner(model_dir, slots=slots, provider=provider, threads=threads,
                                       device_id=device_id, decoder=decoder, latencies=latencies, weights=weights,
                                       max_streams=max_streams, max_batch=max_batch)

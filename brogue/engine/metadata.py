@@ -141,6 +141,11 @@ class ModelMeta:
         return int(self.raw["vocabulary"]["blank_id"])
 
     @property
+    def weights_bytes(self) -> int:
+        """Size of the shared ``weights.bin`` (0 for an export without one)."""
+        return int(self.raw.get("weights", {}).get("bytes", 0))
+
+    @property
     def rnnt(self) -> dict | None:
         return self.raw["decoding"].get("rnnt")
 

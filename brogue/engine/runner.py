@@ -48,6 +48,17 @@ class StepOutput:
     outputs: list = field(default_factory=list)  # per chunk head outputs [T, *], if keep_outputs
 
 
+# The most bytes "auto" spends on private weight copies (one per ONNX graph served) for MLAS's
+# prepacked matrix products: the demo model (14 MB, 8 graphs) takes them; the 114 M model (456 MB)
+# keeps one shared copy (docs/performance.md, "The serving hot path").
+PRIVATE_WEIGHTS_BUDGET = 512 << 20
+
+
+def weights_mode(weights_bytes: int, graphs: int, budget: int = PRIVATE_WEIGHTS_BUDGET) -> str:
+    """"private" when ``graphs`` copies of ``weights_bytes`` fit ``budget``, else "shared"."""
+    return "private" if weights_bytes * graphs <= budget else "shared"
+
+
 @dataclass
 class RunnerStats:
     """Counters of batched encoder runs (for checking that batches mix streams and adapters)."""
@@ -82,22 +93,27 @@ class StreamingRunner:
     ``latencies``: the latency names served (a list or a comma-separated string; default: all the
     model has); only their graphs are loaded, and a stream asking for another one is refused.
     ``weights``: "shared" (one read-only mapping of ``weights.bin`` for every session, MLAS prepacking
-    off) or "private" (each session reads and prepacks its own copy: faster matrix products on CPU,
-    one more copy of the weights per graph). ``verify_weights``: check the SHA-256 of the shared
+    off), "private" (each session reads and prepacks its own copy: faster matrix products on CPU,
+    one more copy of the weights per graph), or "auto" (private while one copy per graph served
+    stays within :data:`PRIVATE_WEIGHTS_BUDGET`, else shared). ``verify_weights``: check the SHA-256 of the shared
     weights file at load (its size always is).
     """
 
     DECODERS = ("auto", "greedy", "lm")
+    WEIGHTS = ("auto", "shared", "private")
 
     def __init__(self, model_dir: str | Path, *, slots: int = 1, provider: str = "cpu", threads: int = 0,
                  device_id: int = 0, keep_outputs: bool = False, decoder: str = "auto", latencies=None,
-                 weights: str = "shared", verify_weights: bool = True, max_streams: int = 256,
+                 weights: str = "auto", verify_weights: bool = True, max_streams: int = 256,
                  max_batch: int = 64, memory: str | None = None):
         self.keep_outputs = keep_outputs
         self.meta = ModelMeta.load(model_dir)
         self.latencies = self.meta.served_latencies(latencies)
-        if weights not in ("shared", "private"):
-            raise ValueError(f"weights must be 'shared' or 'private', not {weights!r}")
+        if weights not in self.WEIGHTS:
+            raise ValueError(f"weights must be one of {self.WEIGHTS}, not {weights!r}")
+        if weights == "auto":
+            weights = weights_mode(self.meta.weights_bytes, 2 * len(self.latencies))
+        self.weights_mode = weights
         # Opening checks the file (size, SHA-256) in either mode; "private" then lets each ORT session
         # read its own copy. The torch backend always reads the shared file.
         shared = SharedWeights.open(self.meta.root, verify=verify_weights)

@@ -47,7 +47,7 @@ class TritonPythonModel:
             pin=pin,
             decoder=params.get("DECODER", "auto"),
             latencies=params.get("LATENCIES", ""),
-            weights=params.get("WEIGHTS", "shared"),
+            weights=params.get("WEIGHTS", "auto"),
             max_streams=int(params.get("MAX_STREAMS", "256")),
             max_batch=int(params.get("MAX_BATCH", "64")),
         )
