@@ -21,6 +21,7 @@ import collections
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -95,7 +96,7 @@ def top_markdown(name: str, top: dict) -> str:
 
 
 def _record(pid: int, seconds: float, out: Path, rate: int) -> subprocess.Popen:
-    spy = shutil.which("py-spy")
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy; it is in the bench extra)")
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
@@ -104,7 +105,8 @@ def _record(pid: int, seconds: float, out: Path, rate: int) -> subprocess.Popen:
 
 
 def profile(repo: Path, clips_manifest: Path, out_dir: Path, *, model: str = "demo", decoder: str = "auto",
-            threads: int | None = None, streams: int = 32, seconds: float = 30.0, rate: int = 100, log=print) -> dict:
+            threads: int | None = None, queue_delay_us: int | None = None, streams: int = 32,
+            seconds: float = 30.0, rate: int = 100, log=print) -> dict:
     from .load import run_level
     from .run import load_clips, machine
     from .stack import Stack
@@ -112,7 +114,8 @@ def profile(repo: Path, clips_manifest: Path, out_dir: Path, *, model: str = "de
     clips = load_clips(clips_manifest)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="brogue-profile-") as tmp, Stack(repo, Path(tmp), model=model,
-                                                                                 decoder=decoder, threads=threads) as stack:
+                                                                                 decoder=decoder, threads=threads,
+                                                                                 queue_delay_us=queue_delay_us) as stack:
         run_level(stack, 1, clips, seconds=5)  # warm up
         pids = {"gateway": stack.gateway.pid, "triton_model": _stub_pid(stack.triton.pid)}
         own = {**pids, "tritonserver": stack.triton.pid}  # CPU of each process alone, children apart
@@ -129,7 +132,8 @@ def profile(repo: Path, clips_manifest: Path, out_dir: Path, *, model: str = "de
         runner.join()
         cpu = {n: round(_cpu(p) - cpu0[n], 2) for n, p in own.items()}
     audio = level["audio_s_per_s"] * level["seconds"]
-    result = {"machine": machine(), "model": model, "decoder": decoder, "threads": threads, "streams": streams, "seconds": seconds, "rate_hz": rate,
+    result = {"machine": machine(), "model": model, "decoder": decoder, "threads": threads,
+              "queue_delay_us": queue_delay_us, "streams": streams, "seconds": seconds, "rate_hz": rate,
               "level": {k: level.get(k) for k in ("streams_run", "errors", "final_latency", "audio_s_per_s", "rtf_cpu",
                                                   "processes")},
               "cpu_s": cpu, "audio_s": round(audio, 1),
@@ -153,12 +157,14 @@ def main(argv=None) -> None:
     ap.add_argument("--clips", type=Path, default=Path(__file__).resolve().parents[1] / "tests/data/demo/manifest.json")
     ap.add_argument("--decoder", default="auto", choices=("auto", "greedy", "lm"))
     ap.add_argument("--threads", type=int, help="asr_streaming's INTRA_OP_THREADS (default: the repository's)")
+    ap.add_argument("--queue-delay-us", type=int, help="the sequence batcher's max_queue_delay_microseconds")
     ap.add_argument("--streams", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rate", type=int, default=100, help="samples per second")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    profile(a.model_repository, a.clips, a.out, model=a.model, decoder=a.decoder, threads=a.threads, streams=a.streams, seconds=a.seconds, rate=a.rate)
+    profile(a.model_repository, a.clips, a.out, model=a.model, decoder=a.decoder, threads=a.threads,
+            queue_delay_us=a.queue_delay_us, streams=a.streams, seconds=a.seconds, rate=a.rate)
 
 
 if __name__ == "__main__":

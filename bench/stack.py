@@ -48,6 +48,7 @@ class Stack(GatewayAddresses):
     tenants: list[BenchTenant] = field(default_factory=list)
     decoder: str = "auto"  # asr_streaming's DECODER: auto (the model's LM if any) | greedy | lm
     threads: int | None = None  # asr_streaming's INTRA_OP_THREADS (None: the repository's)
+    queue_delay_us: int | None = None  # the sequence batcher's max_queue_delay_microseconds (None: the repository's)
     owned_triton: bool = False  # `brogue serve` starts and supervises its own tritonserver
     triton: TritonProcess | None = None
     gateway: subprocess.Popen | None = None
@@ -78,6 +79,8 @@ class Stack(GatewayAddresses):
         cfg = re.sub(r'(key: "DECODER", value: \{ string_value: )"\w+"', rf'\1"{self.decoder}"', cfg)
         if self.threads is not None:
             cfg = re.sub(r'(key: "INTRA_OP_THREADS", value: \{ string_value: )"\d+"', rf'\1"{self.threads}"', cfg)
+        if self.queue_delay_us is not None:
+            cfg = re.sub(r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {self.queue_delay_us}", cfg)
         (self.root / "asr_streaming" / "config.pbtxt").write_text(cfg)
         refs = self._adapter_refs(store)
         self.tenants = [BenchTenant("base", "bench-base", "")] + [
