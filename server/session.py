@@ -84,7 +84,6 @@ class StreamSession:
         self.utterance_id = 0
         self.frames_done = 0
         self.audio_seconds = 0.0
-        self.work = 0  # tokens touched by finished utterances (see Utterance.work)
 
     # -- audio in, chunks out --------------------------------------------------------------------
 
@@ -143,7 +142,6 @@ class StreamSession:
     def _next_utterance(self) -> None:
         if self.utterance:
             self.utterance_id += 1
-        self.work += self.utterance.work
         self.utterance = Utterance(self.detok, self.model.frame_seconds)
         self.endpointer.reset()
 

@@ -1,0 +1,37 @@
+"""The gateway's Triton client: every stream to an instance rides one shared channel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from brogue.server.triton_client import TritonPool
+
+
+def test_streams_share_one_channel_per_instance_and_closing_a_stream_keeps_it(triton_server, tiny_repo):
+    """Sequences, the model check and the probes all use the pool's one client per URL; a stream's
+    close ends its gRPC stream only, and the next stream still reaches Triton over the same channel."""
+    from brogue.engine.metadata import ModelMeta
+
+    url = triton_server.grpc_url
+    fingerprint = ModelMeta.load(tiny_repo.model_dir).fingerprint
+
+    async def main():
+        pool = TritonPool([url], fingerprint=fingerprint)
+        await pool.check_models()
+        channel = pool.client(url)
+        chunk = np.zeros(16000, np.float32)
+        for _ in range(3):  # one after another: each closes before the next opens
+            seq = pool.open()
+            assert seq._client is channel
+            reply = await seq.send(chunk, end=True)
+            assert reply.final and seq.closed
+        a, b = pool.open(), pool.open()  # two at once
+        assert a._client is b._client is channel
+        await asyncio.gather(a.send(chunk, end=True), b.send(chunk, end=True))
+        assert pool.live[url] == 0 and set(pool._clients) == {url}
+        await pool.close()
+        assert pool._clients == {}
+
+    asyncio.run(main())
