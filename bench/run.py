@@ -1,9 +1,10 @@
 """``brogue bench``: capacity, latency at fixed loads, and the side-by-side ratios, in one run.
 
 It starts its own tritonserver and gateway on a copy of the model repository (:class:`Stack`),
-measures, stops them, and writes ``bench.json``, ``bench.md``, ``latency.png`` and
-``throughput.png``. Its output ends with one ``ratio NAME=<value>`` line per comparison and one
-``capacity streams=<n>`` line.
+measures, stops them, runs the peers (NeMo, sherpa-onnx) on the machine alone, and writes
+``bench.json``, ``bench.md``, ``latency.png`` and ``throughput.png``. Its output ends with one
+``ratio NAME=<median> (<min>–<max>)`` line per comparison (paired per round, :func:`compare.ratios`)
+and one ``capacity streams=<n> per_core=<n / cores>`` line.
 """
 
 from __future__ import annotations
