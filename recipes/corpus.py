@@ -391,7 +391,7 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
     held = {t for name, (ss, _) in plan.items() if name.endswith(("_test", "_dev")) for t in ss}
     write_text(out / "lm_text.txt.gz", sorted(set(sents) - held))
     # ... and wordnet's definitions, less those of every synset that holds a held-out sentence: with
-    # them the LM reads more of English (README, "Decoding with a language model").
+    # them the LM reads more of English (docs/decoding.md).
     defs = wordnet_definitions(held)
     write_text(out / "lm_defs.txt.gz", defs)
     # base_train3: definitions spoken in the training voices, for more sentences than wordnet's

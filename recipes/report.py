@@ -1,6 +1,6 @@
-"""The accuracy table of the demo model, written into README.md ("Accuracy of the demo model").
+"""The accuracy table of the demo model, written into docs/accuracy.md.
 
-    python recipes/report.py --data /work/data            # evaluate, print, update README.md
+    python recipes/report.py --data /work/data            # evaluate, print, update docs/accuracy.md
 
 For each test split, under LM beam search (as served) and greedy decoding (the acoustic model
 alone): the exported base model alone and with every adapter (the split's own, and the other
@@ -76,7 +76,7 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=Path("/work/data"))
     ap.add_argument("--model-dir", type=Path, default=REPO / "model_repo" / "exported" / "demo")
     ap.add_argument("--store", type=Path, default=REPO / "model_repo" / "adapters")
-    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
+    ap.add_argument("--readme", type=Path, default=REPO / "docs" / "accuracy.md")
     ap.add_argument("--out", type=Path, default=REPO / "recipes" / "accuracy.json")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--no-cache", action="store_true")

@@ -5,7 +5,7 @@
 For each adapter, one short clip of its held-out test split on which the adapter lowers the
 character error rate the most; for the base model, the short base-test clip it transcribes best.
 These clips are *chosen* to show a difference: they are regression checks of the committed files,
-not accuracy measurements (the README table is). Stored as 16 kHz FLAC in tests/data/demo (~0.2 MB).
+not accuracy measurements (the table in docs/accuracy.md is). Stored as 16 kHz FLAC in tests/data/demo (~0.2 MB).
 """
 
 from __future__ import annotations

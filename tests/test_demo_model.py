@@ -1,5 +1,5 @@
 """The committed demo model and its adapters (model_repo/): they load, validate, and do what the
-README's accuracy table says on a few held-out clips (tests/data/demo, cut by recipes/test_clips.py
+docs/accuracy.md's table says on a few held-out clips (tests/data/demo, cut by recipes/test_clips.py
 from the corpus recipe's test splits). Nothing here trains or synthesises speech.
 """
 
