@@ -33,8 +33,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-BANK_INPUTS = ("adapter_ids", "adapter_ln_weight", "adapter_ln_bias", "adapter_down", "adapter_up")
-
 
 def bank_delta(y, ids, ln_weight, ln_bias, down, up, layer: int, d_model: int, eps: float = 1e-5):
     """The adapter output ``W_up · SiLU(W_down · LN(y))`` for each row of ``y [B, T, d]``."""

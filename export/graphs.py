@@ -2,7 +2,7 @@
 
 - :class:`EncoderGraph`: one streaming encoder step with the adapter bank (and the CTC head when the
   graph serves CTC); its input and output names are :data:`ENCODER_INPUTS` and
-  :func:`encoder_outputs`, the only place they are spelled out on the export side;
+  :func:`encoder_outputs` (spelled once, in :mod:`brogue.engine.metadata`);
 - :class:`RNNTDecoderStep` and :class:`RNNTJointStep`: one prediction-network step and one joint step;
 - :func:`onnx_export`: trace a module with the TorchScript exporter into a scratch folder, then hand
   its weights to the model's :class:`~brogue.export.weights.WeightsWriter`;
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .bank import BANK_INPUTS, BankHooks, identity_bank
+from brogue.engine.metadata import BANK_INPUTS, ENCODER_INPUTS, STREAM_INPUTS, encoder_outputs
+
+from .bank import BankHooks, identity_bank
 from .weights import WeightsWriter
 
 OPSET = 17
 
-ENCODER_INPUTS = ("audio_signal", "length", "cache_last_channel", "cache_last_time", "cache_last_channel_len",
-                  *BANK_INPUTS)
 
 
 def ctc_head(model, head: str):
@@ -36,12 +36,6 @@ def ctc_head(model, head: str):
     if head != "ctc":
         return None
     return model.ctc_decoder if hasattr(model, "ctc_decoder") else model.decoder
-
-
-def encoder_outputs(head: str) -> list[str]:
-    """The encoder graph's outputs: CTC log-probs or the encoder output, lengths, next caches."""
-    return ["logprobs" if head == "ctc" else "encoded", "encoded_lengths", "cache_last_channel_next",
-            "cache_last_time_next", "cache_last_channel_next_len"]
 
 
 class EncoderGraph(nn.Module):
@@ -150,27 +144,15 @@ def torch_export(module, args, weights: WeightsWriter, name: str) -> None:
 
 
 def encoder_io(head: str):
-    """Input names, output names and dynamic axes of the encoder graph serving ``head``."""
+    """Input names, output names and dynamic axes of the encoder graph serving ``head``: every
+    stream tensor is batch-first, the bank's tensors slot-first; audio and the head's output have
+    a time axis."""
     inputs = list(ENCODER_INPUTS)
-    outputs = encoder_outputs(head)
-    first_out = outputs[0]
-    dyn = {
-        "audio_signal": {0: "B", 2: "T"},
-        "length": {0: "B"},
-        "cache_last_channel": {0: "B"},
-        "cache_last_time": {0: "B"},
-        "cache_last_channel_len": {0: "B"},
-        "adapter_ids": {0: "B"},
-        "adapter_ln_weight": {0: "S"},
-        "adapter_ln_bias": {0: "S"},
-        "adapter_down": {0: "S"},
-        "adapter_up": {0: "S"},
-        first_out: {0: "B", 1: "T_out"},
-        "encoded_lengths": {0: "B"},
-        "cache_last_channel_next": {0: "B"},
-        "cache_last_time_next": {0: "B"},
-        "cache_last_channel_next_len": {0: "B"},
-    }
+    outputs = list(encoder_outputs(head))
+    dyn = {name: {0: "B"} for name in (*STREAM_INPUTS, "adapter_ids", *outputs)}
+    dyn.update({name: {0: "S"} for name in BANK_INPUTS if name != "adapter_ids"})
+    dyn[STREAM_INPUTS[0]] = {0: "B", 2: "T"}  # the features: [B, n_mels, T]
+    dyn[outputs[0]] = {0: "B", 1: "T_out"}
     return inputs, outputs, dyn
 
 

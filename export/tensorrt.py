@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from brogue.engine.metadata import ENCODER_INPUTS
+
 
 class TensorRTUnavailable(RuntimeError):
     """TensorRT cannot build here (no package, or no CUDA GPU)."""
@@ -53,18 +55,10 @@ def encoder_profile(meta: dict, latency: dict, first: bool, max_batch: int, slot
     def bank(*rest):
         return ((1, *rest), (slots, *rest), (slots, *rest))
 
-    return {
-        "audio_signal": ((1, n_mels, 1), (opt_b, n_mels, T), (max_batch, n_mels, T)),
-        "length": batch(),
-        "cache_last_channel": batch(*enc["cache_last_channel"]),
-        "cache_last_time": batch(*enc["cache_last_time"]),
-        "cache_last_channel_len": batch(),
-        "adapter_ids": batch(),
-        "adapter_ln_weight": bank(L, d),
-        "adapter_ln_bias": bank(L, d),
-        "adapter_down": bank(L, r, d),
-        "adapter_up": bank(L, d, r),
-    }
+    shapes = (((1, n_mels, 1), (opt_b, n_mels, T), (max_batch, n_mels, T)), batch(),
+              batch(*enc["cache_last_channel"]), batch(*enc["cache_last_time"]), batch(),  # STREAM_INPUTS
+              batch(), bank(L, d), bank(L, d), bank(L, r, d), bank(L, d, r))  # BANK_INPUTS
+    return dict(zip(ENCODER_INPUTS, shapes, strict=True))
 
 
 def build_plan(onnx_path: Path, plan_path: Path, profile: dict, *, fp16: bool = False,

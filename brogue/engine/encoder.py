@@ -31,7 +31,7 @@ import numpy as np
 
 from .adapter_bank import BankTensors
 from .memory import HostMemory, memory_for
-from .metadata import Latency, ModelMeta
+from .metadata import STREAM_INPUTS, Latency, ModelMeta
 from .state_pool import StatePool
 
 BACKENDS = ("cpu", "cuda", "tensorrt", "torch-cpu", "torch-cuda")
@@ -154,7 +154,5 @@ class Encoder:
             self.memory.upload(self._features[:size], self._host_features[:size])
             self.memory.upload(self._lengths[:n], self._host_lengths[:n])
             self.memory.upload(self._ids[:n], self._host_ids[:n])
-        channel, time, length = batch.inputs
-        return {"audio_signal": self._features[:size].reshape(n, self.n_mels, self._frames[key]),
-                "length": self._lengths[:n], "cache_last_channel": channel, "cache_last_time": time,
-                "cache_last_channel_len": length, "adapter_ids": self._ids[:n], **self.bank.arrays}
+        stream = (self._features[:size].reshape(n, self.n_mels, self._frames[key]), self._lengths[:n], *batch.inputs)
+        return {**dict(zip(STREAM_INPUTS, stream)), "adapter_ids": self._ids[:n], **self.bank.arrays}

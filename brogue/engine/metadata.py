@@ -15,12 +15,27 @@ from brogue.audio.mel import MelConfig
 
 FORMAT = "brogue-model/1"
 
-_BANK = ("adapter_ids", "adapter_ln_weight", "adapter_ln_bias", "adapter_down", "adapter_up")
+# The encoder graph's inputs and outputs (docs/export.md): the one place their names are spelled.
+# The export writes graphs with them; the engine binds by them.
+STREAM_INPUTS = ("audio_signal", "length", "cache_last_channel", "cache_last_time", "cache_last_channel_len")
+BANK_INPUTS = ("adapter_ids", "adapter_ln_weight", "adapter_ln_bias", "adapter_down", "adapter_up")
+ENCODER_INPUTS = (*STREAM_INPUTS, *BANK_INPUTS)
+STATE_OUTPUTS = ("encoded_lengths", "cache_last_channel_next", "cache_last_time_next", "cache_last_channel_next_len")
+
+
+def head_output(head: str) -> str:
+    """The encoder graph's first output: CTC log-probs (``ctc``) or the encoder output (``rnnt``)."""
+    return "logprobs" if head == "ctc" else "encoded"
+
+
+def encoder_outputs(head: str) -> tuple[str, ...]:
+    """The encoder graph's outputs: the head's, the lengths, the next caches."""
+    return (head_output(head), *STATE_OUTPUTS)
 
 
 def bank_input_names() -> list[str]:
     """Names of the encoder graph inputs that carry the adapter bank (ids first)."""
-    return list(_BANK)
+    return list(BANK_INPUTS)
 
 
 def read_tagged_json(path: Path, fmt: str, error: type[Exception] = ValueError) -> dict:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from .metadata import STATE_OUTPUTS, head_output
 from .ort_session import make_session
-
-OUTPUT_NAMES = ("encoded_lengths", "cache_last_channel_next", "cache_last_time_next", "cache_last_channel_next_len")
 
 
 class OrtEncoder:
@@ -32,7 +31,7 @@ class OrtEncoder:
         stream = memory.stream()
         self.sessions = {g: make_session(meta.root / g, provider, threads, device_id, weights, stream)
                          for g in graphs}
-        self.head_name = "logprobs" if meta.head == "ctc" else "encoded"
+        self.head_name = head_output(meta.head)
         self._io = {g: sess.io_binding() for g, sess in self.sessions.items()}
         self._head = None  # output staging, sized by :meth:`allocate_outputs`
         self._head_frames: dict[str, int] = {}
@@ -46,7 +45,7 @@ class OrtEncoder:
         for name, a in inputs.items():
             self._bind(io.bind_input, name, a)
         io.bind_output(self.head_name, self.device_type, self.device_id)
-        for name in OUTPUT_NAMES:
+        for name in STATE_OUTPUTS:
             io.bind_output(name, self.device_type, self.device_id)
         # Give the arena back after the probe: a latency that is never streamed costs no run memory.
         opts = ort.RunOptions()
@@ -74,7 +73,7 @@ class OrtEncoder:
         for name, a in inputs.items():
             self._bind(io.bind_input, name, a)
         self._bind(io.bind_output, self.head_name, head)
-        for name, a in zip(OUTPUT_NAMES, (lengths, *caches_out)):
+        for name, a in zip(STATE_OUTPUTS, (lengths, *caches_out)):
             self._bind(io.bind_output, name, a)
         self.sessions[graph].run_with_iobinding(io)
         return head, lengths
