@@ -1,0 +1,5 @@
+"""``python -m brogue.cli``."""
+
+from . import app
+
+app()

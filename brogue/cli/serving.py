@@ -1,0 +1,77 @@
+"""``brogue triton``, ``brogue serve`` and ``brogue demo``: the servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DEFAULT_MODEL_REPO, _fail, app, console
+
+
+@app.command()
+def triton(
+    model_repository: Path = typer.Option(DEFAULT_MODEL_REPO, help="Triton model repository."),
+    model: list[str] = typer.Option(["asr_streaming"], help="Models to load."),
+    grpc_port: int = typer.Option(8001),
+    http_port: int = typer.Option(8000),
+    metrics_port: int = typer.Option(8002),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the models to be ready."),
+):
+    """Run the tritonserver bundled with nvidia-pytriton on this repository (CPU hosts), and print
+    the equivalent `docker run` of NVIDIA's Triton container for GPU hosts."""
+    from brogue.server.tritonserver import TritonNotFound, TritonServerError, serve_forever
+
+    try:
+        serve_forever(model_repository, timeout=timeout, models=tuple(model), grpc_port=grpc_port,
+                      http_port=http_port, metrics_port=metrics_port)
+    except (TritonNotFound, TritonServerError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def serve(
+    model_repository: Path = typer.Option(DEFAULT_MODEL_REPO, help="Triton model repository."),
+    tenants: Path = typer.Option(DEFAULT_MODEL_REPO / "tenants.toml", help="Tenants file (TOML)."),
+    triton_url: list[str] = typer.Option([], help="Use running Triton instance(s) (host:port, repeatable) "
+                                                  "instead of starting the bundled one."),
+    model_dir: Optional[Path] = typer.Option(None, help="Exported model that Triton serves and the gateway decodes "
+                                                        "(default: MODEL_REPOSITORY/exported/demo)."),
+    latencies: str = typer.Option("", help="Latencies served, comma-separated names from model.json "
+                                           "(default: all); only these are loaded."),
+    host: str = typer.Option("127.0.0.1", help="Address of the public ports."),
+    http_port: int = typer.Option(8080, help="WebSocket /v1/stream, browser page, /metrics."),
+    grpc_port: int = typer.Option(50051, help="Riva-compatible gRPC and health."),
+    admin_host: str = typer.Option("127.0.0.1", help="Address of the admin gRPC port (loopback by default)."),
+    admin_port: int = typer.Option(50052, help="Admin gRPC."),
+    tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate: serve TLS on every port."),
+    tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert."),
+    log_level: str = typer.Option("INFO"),
+):
+    """Start Triton (bundled, or --triton-url) and the gateway: WebSocket, Riva gRPC, admin, metrics."""
+    import logging
+
+    from brogue.server.app import Listen, serve as serve_gateway
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from brogue.server.triton_client import ModelMismatch
+    from brogue.server.tritonserver import TritonNotFound, TritonServerError
+
+    lats = tuple(n.strip() for n in latencies.split(",") if n.strip())
+    try:
+        serve_gateway(model_repository, tenants=tenants, triton_urls=triton_url, model_dir=model_dir, latencies=lats,
+                      listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key))
+    except (ModelMismatch, ValueError, TritonNotFound, TritonServerError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def demo():
+    """The demo: Triton and the gateway on the demo model and tenants (browser page on :8080)."""
+    import logging
+
+    from brogue.clients.demo import run_demo
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_demo(console=console.print)
