@@ -1,33 +1,23 @@
-"""Run NVIDIA Triton Inference Server for a Brogue model repository.
+"""Run NVIDIA Triton Inference Server for a Brogue model repository, as a child process.
 
 Two ways to serve the same ``model_repo``:
 
 * **CPU hosts, no Docker:** :class:`TritonProcess` runs the ``tritonserver`` binary (2.51) that the
-  PyPI wheel ``nvidia-pytriton`` carries, with its python backend. The installed package is never
-  modified: each instance builds a private backends folder of symlinks in its own run folder.
-* **GPU hosts:** :func:`docker_command` returns the equivalent ``docker run`` of NVIDIA's Triton
-  container (24.10 = server 2.51), see ``docs/deploy-gpu.md``.
-
-Facts this module relies on, measured with nvidia-pytriton 0.7.0 on hosts without GPU: the
-python backend's stub must sit in ``<backend-directory>/python/``; it needs ``nvidia_pytriton.libs``
-and the interpreter's ``libpython3.x.so.1.0`` on ``LD_LIBRARY_PATH``, and finds the venv's packages
-only when ``PATH`` starts with the venv's ``bin/``. A stub that cannot start makes a model load hang
-instead of fail.
+  PyPI wheel ``nvidia-pytriton`` carries, with its python backend
+  (:mod:`brogue.server.triton_bundle` finds it and says how it must be run).
+* **GPU hosts:** :func:`~brogue.server.triton_container.docker_command` returns the equivalent
+  ``docker run`` of NVIDIA's Triton container (24.10 = server 2.51), see ``docs/deploy-gpu.md``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
-import importlib.util
 import os
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -38,110 +28,15 @@ from typing import Any
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-"""NVIDIA's Triton container matching the bundled server version (2.51)."""
-
-CONTAINER_PACKAGES = ("numpy<2", "safetensors>=0.4", "onnxruntime-gpu>=1.18")
-"""What the python-backend models import inside the container, besides ``brogue`` itself.
-
-``brogue`` is installed with ``--no-deps`` so that its CPU ``onnxruntime`` requirement does not
-shadow ``onnxruntime-gpu`` (both provide the ``onnxruntime`` module)."""
-
-TORCH_PACKAGE = "torch==2.13.0"
-"""What the torch backends (``EXECUTION_PROVIDER`` ``torch-cuda``) add inside the container: on
-Linux, PyPI's default torch wheel is the CUDA build."""
+from .triton_bundle import find_bundled_server
+from .triton_container import docker_command
 
 _LOG_TAIL_LINES = 40
-
-
-class TritonNotFound(RuntimeError):
-    """The ``tritonserver`` binary bundled by ``nvidia-pytriton`` is not installed."""
 
 
 class TritonServerError(RuntimeError):
     """``tritonserver`` exited, or it or its models did not become ready in time."""
 
-
-@dataclasses.dataclass(frozen=True)
-class BundledServer:
-    """Paths of the Triton server that ``nvidia-pytriton`` installs in site-packages.
-
-    Attributes:
-        binary: ``pytriton/tritonserver/bin/tritonserver``.
-        python_backend: ``pytriton/tritonserver/backends/python`` (``libtriton_python.so`` and
-            ``triton_python_backend_utils.py``; the wheel ships no stub there).
-        stub: ``pytriton/tritonserver/python_backend_stubs/<X.Y>/triton_python_backend_stub`` for
-            the running interpreter's version.
-        libs: ``nvidia_pytriton.libs``, the shared libraries of the server and the stub.
-    """
-
-    binary: Path
-    python_backend: Path
-    stub: Path
-    libs: Path
-
-    def make_backend_directory(self, dest: Path) -> Path:
-        """Create ``dest/python/`` with symlinks to the python backend's three files.
-
-        Returns ``dest``, to pass as ``--backend-directory``.
-        """
-        python_dir = dest / "python"
-        python_dir.mkdir(parents=True, exist_ok=True)
-        for source in (
-            self.python_backend / "libtriton_python.so",
-            self.python_backend / "triton_python_backend_utils.py",
-            self.stub,
-        ):
-            (python_dir / source.name).symlink_to(source)
-        return dest
-
-    def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Return the environment for ``tritonserver``: ``base`` (default ``os.environ``) with
-
-        * ``LD_LIBRARY_PATH`` starting with ``libs`` and the interpreter's ``LIBDIR`` (where
-          ``libpython3.x.so.1.0`` lives; otherwise the stub picks the system's copy);
-        * ``PATH`` starting with ``sys.prefix/bin``, so the stub's embedded Python finds the
-          packages of this interpreter's environment (``PYTHONPATH`` alone does not work);
-        * ``OPENBLAS_NUM_THREADS=1`` unless set: the model's numpy front end does small matrix
-          products per chunk, and OpenBLAS's worker threads busy-wait after each one (measured: one
-          real-time stream cost 0.68 CPU-seconds per audio second with them, 0.04 without, together
-          with ONNX Runtime's spinning turned off).
-        """
-        env = dict(os.environ if base is None else base)
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        libdir = sysconfig.get_config_var("LIBDIR")
-        env["LD_LIBRARY_PATH"] = _prepend(env.get("LD_LIBRARY_PATH"), str(self.libs), libdir)
-        env["PATH"] = _prepend(env.get("PATH"), str(Path(sys.prefix) / "bin"))
-        return env
-
-
-def find_bundled_server() -> BundledServer:
-    """Locate the server installed by ``nvidia-pytriton`` for the running interpreter.
-
-    Raises:
-        TritonNotFound: ``pytriton`` is not importable, or one of the files is missing (for
-            example no stub for this Python version).
-    """
-    hint = "install it with `pip install nvidia-pytriton` (or `pip install 'brogue[serve]'`)"
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise TritonNotFound(f"the tritonserver binary comes with nvidia-pytriton, not installed: {hint}")
-    package = Path(next(iter(spec.submodule_search_locations)))
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    root = package / "tritonserver"
-    server = BundledServer(
-        binary=root / "bin" / "tritonserver",
-        python_backend=root / "backends" / "python",
-        stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
-        libs=package.parent / "nvidia_pytriton.libs",
-    )
-    missing = [str(path) for path in dataclasses.astuple(server) if not path.exists()]
-    if missing:
-        raise TritonNotFound(
-            f"incomplete nvidia-pytriton install for Python {version}, missing: "
-            f"{', '.join(missing)}; {hint}"
-        )
-    return server
 
 
 class TritonProcess:
@@ -400,92 +295,6 @@ class TritonProcess:
             return False
 
 
-def docker_command(
-    model_repository: str | os.PathLike[str],
-    *,
-    source: str | os.PathLike[str] | None = None,
-    image: str = DEFAULT_IMAGE,
-    gpus: str | None = "all",
-    models: Sequence[str] | None = ("asr_streaming",),
-    grpc_port: int = 8001,
-    http_port: int = 8000,
-    metrics_port: int = 8002,
-    shm_size: str = "1g",
-    install: bool = True,
-    torch: bool = False,
-) -> list[str]:
-    """The ``docker run`` of NVIDIA's Triton container equivalent to :class:`TritonProcess`.
-
-    The Brogue checkout ``source`` (the folder with ``pyproject.toml``; default: the checkout this
-    module is imported from) is mounted read-only at ``/workspace``. ``model_repository`` is served
-    from its place under ``/workspace`` when it lies inside ``source``, else it is mounted read-only
-    at ``/models``.
-
-    With ``install`` (the default), the container first copies ``/workspace`` without ``.git``,
-    ``.venv`` and the model repository to ``/tmp/brogue`` (setuptools builds in the source tree,
-    which is read-only), runs ``pip install --no-deps /tmp/brogue`` and installs
-    :data:`CONTAINER_PACKAGES`; this needs network access at each start. Pass ``install=False``
-    with an ``image`` that already holds them (built ``FROM`` :data:`DEFAULT_IMAGE`).
-
-    Args:
-        gpus: the value of ``docker run --gpus`` (``"all"``, ``"1"``, ``'"device=0,1"'``), or None
-            for no GPU.
-        models: names of the models to load, or None for all.
-        grpc_port, http_port, metrics_port: host ports published for the container's 8001, 8000
-            and 8002.
-        shm_size: ``--shm-size``; the python backend exchanges tensors through ``/dev/shm``.
-        torch: also install :data:`TORCH_PACKAGE`, for ``EXECUTION_PROVIDER`` ``torch-cuda``.
-
-    Raises:
-        ValueError: ``install`` is set and ``source`` has no ``pyproject.toml``.
-    """
-    source_dir = Path(source).resolve() if source is not None else Path(__file__).resolve().parents[1]
-    repository = Path(model_repository).resolve()
-    if install and not (source_dir / "pyproject.toml").is_file():
-        raise ValueError(f"{source_dir} is not a brogue checkout (no pyproject.toml); pass source=")
-    mounts = ["-v", f"{source_dir}:/workspace:ro"]
-    if repository.is_relative_to(source_dir):
-        relative = repository.relative_to(source_dir)
-        container_repository = f"/workspace/{relative.as_posix()}"
-        excludes = [".git", ".venv", f"./{relative.as_posix()}"]
-    else:
-        mounts += ["-v", f"{repository}:/models:ro"]
-        container_repository = "/models"
-        excludes = [".git", ".venv"]
-    loads = ["*"] if models is None else models
-    serve = [
-        "tritonserver",
-        f"--model-repository={container_repository}",
-        "--model-control-mode=explicit",
-        *(f"--load-model={name}" for name in loads),
-    ]
-    command = ["docker", "run", "--rm", "--init"]
-    if gpus is not None:
-        command += ["--gpus", gpus]
-    command += [
-        f"--shm-size={shm_size}",
-        "-p", f"{http_port}:8000",
-        "-p", f"{grpc_port}:8001",
-        "-p", f"{metrics_port}:8002",
-        *mounts,
-    ]
-    command += ["-e", "OPENBLAS_NUM_THREADS=1"]  # see BundledServer.environment
-    if not install:
-        return [*command, image, *serve]
-    setup = " && ".join(
-        [
-            "mkdir -p /tmp/brogue",
-            "tar -C /workspace " + " ".join(f"--exclude={shlex.quote(e)}" for e in excludes)
-            + " -cf - . | tar -C /tmp/brogue -xf -",
-            "pip install --no-cache-dir --no-deps /tmp/brogue",
-            "pip install --no-cache-dir " + shlex.join([*CONTAINER_PACKAGES, *([TORCH_PACKAGE] if torch else [])]),
-            "exec " + shlex.join(serve),
-        ]
-    )
-    # PIP_BREAK_SYSTEM_PACKAGES: the container's Python may be marked externally managed (PEP 668).
-    return [*command, "-e", "PIP_BREAK_SYSTEM_PACKAGES=1", image, "bash", "-c", "set -eo pipefail; " + setup]
-
-
 def serve_forever(model_repository: str | os.PathLike[str], *, timeout: float = 60.0, **kwargs: Any) -> None:
     """Run :class:`TritonProcess` until Ctrl-C or SIGTERM, then stop it cleanly.
 
@@ -530,9 +339,6 @@ def serve_forever(model_repository: str | os.PathLike[str], *, timeout: float = 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
-
-def _prepend(current: str | None, *entries: str) -> str:
-    return os.pathsep.join([*entries, *([current] if current else [])])
 
 
 def _free_ports(host: str, wanted: Sequence[int | None]) -> tuple[int, ...]:

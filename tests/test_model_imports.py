@@ -1,7 +1,7 @@
 """The Triton model's code imports only what NVIDIA's Triton container gives its python backend.
 
 In the container, ``brogue`` is installed with ``--no-deps`` beside numpy, safetensors and
-onnxruntime-gpu (``server/tritonserver.py``'s ``CONTAINER_PACKAGES``), and torch for the torch
+onnxruntime-gpu (``server/triton_container.py``'s ``CONTAINER_PACKAGES``), and torch for the torch
 backends. tritonclient, grpc and the gateway's packages are not there: model.py must not need them.
 """
 

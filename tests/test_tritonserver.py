@@ -15,15 +15,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from brogue.server import tritonserver
-from brogue.server.tritonserver import (
-    DEFAULT_IMAGE,
-    TritonNotFound,
-    TritonProcess,
-    TritonServerError,
-    docker_command,
-    find_bundled_server,
-)
+from brogue.server import triton_bundle
+from brogue.server.triton_bundle import TritonNotFound, find_bundled_server
+from brogue.server.triton_container import DEFAULT_IMAGE, docker_command
+from brogue.server.tritonserver import TritonProcess, TritonServerError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,7 +110,7 @@ def test_bundled_server_is_installed() -> None:
 
 
 def test_missing_pytriton_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tritonserver.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(triton_bundle.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(TritonNotFound, match="pip install nvidia-pytriton"):
         find_bundled_server()
 

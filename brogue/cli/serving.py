@@ -21,7 +21,8 @@ def triton(
 ):
     """Run the tritonserver bundled with nvidia-pytriton on this repository (CPU hosts), and print
     the equivalent `docker run` of NVIDIA's Triton container for GPU hosts."""
-    from brogue.server.tritonserver import TritonNotFound, TritonServerError, serve_forever
+    from brogue.server.triton_bundle import TritonNotFound
+    from brogue.server.tritonserver import TritonServerError, serve_forever
 
     try:
         serve_forever(model_repository, timeout=timeout, models=tuple(model), grpc_port=grpc_port,
@@ -56,7 +57,8 @@ def serve(
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from brogue.server.triton_client import ModelMismatch
-    from brogue.server.tritonserver import TritonNotFound, TritonServerError
+    from brogue.server.triton_bundle import TritonNotFound
+    from brogue.server.tritonserver import TritonServerError
 
     lats = tuple(n.strip() for n in latencies.split(",") if n.strip())
     try:
