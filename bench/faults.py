@@ -196,7 +196,7 @@ def adapter_publish(stack: Stack, clips: list[Clip], n: int = 8, seconds: float 
     import tempfile
 
     from brogue.adapters import publish_adapter
-    from brogue.adapters.format import read_adapter
+    from brogue.adapters import read_adapter
     from brogue.clients.admin import AdminClient, push_request
 
     tenants = [t for t in stack.tenants if t.adapter]

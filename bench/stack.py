@@ -22,7 +22,7 @@ from brogue.server.tenants import key_hash
 from brogue.server.tritonserver import TritonProcess, _free_ports
 
 from brogue.adapters import publish_adapter
-from brogue.adapters.format import read_adapter
+from brogue.adapters import read_adapter
 from brogue.engine.metadata import ModelMeta
 
 ADMIN_TOKEN = "bench-admin-token"

@@ -97,7 +97,7 @@ def make_runner(model_dir: str | Path, adapter: str | None, store: str | Path, s
     the adapter's domain LM, if it has one, for that slot."""
     from brogue.adapters import AdapterError, BaseSpec
     from brogue.engine.runner import StreamingRunner
-    from brogue.server.adapters.store import AdapterStore
+    from brogue.adapters.store import AdapterStore
 
     model_dir = Path(model_dir)
     if not (model_dir / "model.json").is_file():

@@ -45,7 +45,7 @@ def main(argv=None):
 
     import torch
 
-    from brogue.server.adapters.store import AdapterStore
+    from brogue.adapters.store import AdapterStore
 
     torch.set_num_threads(2)
     if a.manifest:

@@ -98,7 +98,7 @@ def main(argv=None):
 
     from brogue.adapters import BaseSpec
     from brogue.engine.runner import StreamingRunner
-    from brogue.server.adapters.store import AdapterStore
+    from brogue.adapters.store import AdapterStore
 
     store = AdapterStore(a.store)
     res: dict = {"model": str(a.model_dir.relative_to(REPO)) if a.model_dir.is_relative_to(REPO) else str(a.model_dir),

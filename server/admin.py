@@ -30,7 +30,7 @@ import grpc
 
 from brogue.adapters import AdapterError, AdapterRef, BaseSpec
 
-from .adapters.store import AdapterStore
+from brogue.adapters.store import AdapterStore
 from .protos import brogue_admin_pb2 as pb
 from .protos import brogue_admin_pb2_grpc as pb_grpc
 from .tenants import AuthError

@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from brogue.adapters import AdapterError, AdapterRef
+from brogue.adapters.store import AdapterStore
 from brogue.asr_reply import ChunkReply
 from brogue.engine.runner import StreamingRunner
 from brogue.engine.state_pool import PoolFull
 from brogue.engine.stream import StreamState
 
-from .adapters import AdapterBank, AdapterBankError, AdapterStore
+from .adapters import AdapterBank, AdapterBankError
 
 log = logging.getLogger(__name__)
 

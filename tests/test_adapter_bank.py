@@ -19,7 +19,8 @@ from safetensors.numpy import save_file
 
 from brogue.adapters import TENSORS_FILE, AdapterError, AdapterRef, BaseSpec, publish_adapter
 from brogue.engine.adapter_bank import BankTensors
-from brogue.server.adapters import AdapterBank, AdapterStore, BankFullError
+from brogue.adapters.store import AdapterStore
+from brogue.server.adapters import AdapterBank, BankFullError
 
 L, D, R, MAX_DIM = 2, 8, 3, 4
 FINGERPRINT = "sha256:" + "cd" * 32

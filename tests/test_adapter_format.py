@@ -1,4 +1,4 @@
-"""Tests of the adapter-store entry format (brogue.adapters.format): numpy only, no torch."""
+"""Tests of the adapter-store entry format (brogue.adapters): numpy only, no torch."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def test_a_manifest_without_the_optional_lm_field_still_reads(entry: Path) -> No
 
 
 def test_domain_lm_is_written_hashed_and_verified(tmp_path: Path) -> None:
-    from brogue.adapters.format import LM_FILE
+    from brogue.adapters import LM_FILE
     from brogue.engine.lm import read_text
 
     m = write_adapter(tmp_path / "e", make_arrays(), name="med", version="v1", base_fingerprint=FINGERPRINT,

@@ -587,7 +587,7 @@ def test_demo_tenants_file_keys_docs_and_store_agree():
     works, every adapter it names is in model_repo/adapters and validates, and docs/admin.md lists
     the same keys."""
     from brogue.adapters import BaseSpec
-    from brogue.server.adapters.store import AdapterStore
+    from brogue.adapters.store import AdapterStore
     from brogue.server.tenants import TenantRegistry
 
     path = REPO / "model_repo" / "tenants.toml"

@@ -30,7 +30,7 @@ def _clips() -> list[dict]:
 
 def test_committed_demo_model_and_adapters_load_and_validate():
     from brogue.engine.metadata import ModelMeta
-    from brogue.server.adapters.store import AdapterStore
+    from brogue.adapters.store import AdapterStore
 
     meta = ModelMeta.load(MODEL_DIR)
     base = BaseSpec(meta.fingerprint, meta.n_layers, meta.d_model, meta.max_adapter_dim)
@@ -108,7 +108,7 @@ def test_the_demo_model_decodes_with_its_lm_and_the_lm_helps():
 
 def test_only_the_domain_adapter_carries_a_domain_lm():
     from brogue.engine.metadata import ModelMeta
-    from brogue.server.adapters.store import AdapterStore
+    from brogue.adapters.store import AdapterStore
 
     meta = ModelMeta.load(MODEL_DIR)
     base = BaseSpec(meta.fingerprint, meta.n_layers, meta.d_model, meta.max_adapter_dim)

@@ -56,7 +56,7 @@ from typing import NamedTuple
 from brogue.adapters import AdapterRef, AdapterWeights, BaseSpec
 from brogue.engine.adapter_bank import BankTensors
 
-from .store import AdapterStore, _as_ref
+from brogue.adapters.store import AdapterStore, as_ref
 
 __all__ = ["AdapterBank", "AdapterBankError", "BankFullError", "BankStats", "SlotInfo"]
 
@@ -184,12 +184,12 @@ class AdapterBank:
         A stream has one adapter: asking again for the same ``ref`` returns the same slot and
         does not count twice; asking for another one raises ``ValueError``.
         """
-        claim = self._claim(_as_ref(ref), stream_id)
+        claim = self._claim(as_ref(ref), stream_id)
         return claim if isinstance(claim, int) else None
 
     def acquire(self, ref: AdapterRef | str, *, stream_id: Hashable) -> int:
         """Like :meth:`try_acquire`, but blocks until the adapter is loaded; returns its slot."""
-        claim = self._claim(_as_ref(ref), stream_id)
+        claim = self._claim(as_ref(ref), stream_id)
         if isinstance(claim, int):
             return claim
         wait([claim])
@@ -200,7 +200,7 @@ class AdapterBank:
 
         If the awaiting task is cancelled, the stream is released; the load itself completes.
         """
-        claim = self._claim(_as_ref(ref), stream_id)
+        claim = self._claim(as_ref(ref), stream_id)
         if isinstance(claim, int):
             return claim
         try:
@@ -233,7 +233,7 @@ class AdapterBank:
         The future's result is the slot the adapter was written to (or is already in), or it
         holds the load's error. Nothing waits for it unless the caller does.
         """
-        ref = _as_ref(ref)
+        ref = as_ref(ref)
         with self._lock:
             if ref in self._by_ref:
                 self._touch(self._by_ref[ref])
@@ -248,7 +248,7 @@ class AdapterBank:
         Returns its slot. Pinning is not counted: one :meth:`unpin` undoes any number of pins.
         Raises the load's error, or :class:`BankFullError`.
         """
-        ref = _as_ref(ref)
+        ref = as_ref(ref)
         with self._lock:
             if ref in self._by_ref:
                 slot = self._by_ref[ref]
@@ -261,7 +261,7 @@ class AdapterBank:
 
     def unpin(self, ref: AdapterRef | str) -> None:
         """Let ``ref`` be evicted again once no stream uses it; a no-op if it is not pinned."""
-        ref = _as_ref(ref)
+        ref = as_ref(ref)
         with self._lock:
             if ref in self._by_ref:
                 self._slots[self._by_ref[ref]].pinned = False

@@ -1,12 +1,12 @@
 """The adapter store: a directory of immutable adapter entries, ``ROOT/NAME/VERSION/``.
 
-Each entry is in the format of :mod:`brogue.adapters.format` (``adapter.safetensors`` plus
+Each entry is in the format of :mod:`brogue.adapters` (``adapter.safetensors`` plus
 ``manifest.json``). An :class:`~brogue.adapters.AdapterRef` ``name@version`` names exactly one
 entry, and entries are never changed once written, so every server reading the same store agrees
 on what a reference means.
 
 :class:`AdapterStore` is the "weights" layer between a request's reference and the bank's slots
-(:mod:`.bank`): it resolves references, reads and validates entries, publishes new ones and lists
+(:mod:`brogue.server.adapters.bank`): it resolves references, reads and validates entries, publishes new ones and lists
 them. Every touch of the file system goes through four methods, ``_children``, ``_read_manifest``,
 ``_read_entry`` and ``_write_entry``; a store on an fsspec URL would override only those (reading
 an entry into a local temporary directory first, since :func:`~brogue.adapters.read_adapter` reads
@@ -15,7 +15,6 @@ local files).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,20 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError, deserialize
+from safetensors import SafetensorError
 
-from brogue.adapters import (
-    MANIFEST_FILE,
-    AdapterError,
-    AdapterRef,
-    AdapterWeights,
-    BaseSpec,
-    Manifest,
-    publish_adapter,
-    read_adapter,
-    validate_arrays,
-)
 from brogue.engine.lm import read_text
+
+from .arrays import AdapterWeights, as_float32, validate_arrays
+from .entry import publish_adapter, read_adapter, read_manifest, tensors_from_bytes
+from .manifest import MANIFEST_FILE, AdapterError, AdapterRef, BaseSpec, Manifest
 
 __all__ = ["AdapterStore", "StoreEntry"]
 
@@ -81,7 +73,7 @@ class AdapterStore:
         versions of that name which the store does have. Raises ``ValueError`` for a malformed
         reference string.
         """
-        ref = _as_ref(ref)
+        ref = as_ref(ref)
         entry = self.root / ref.name / ref.version
         if ref.version not in self._children(self.root / ref.name):
             known = self.versions(ref.name)
@@ -96,7 +88,7 @@ class AdapterStore:
         or renamed to another ``NAME/VERSION`` cannot pass for that version. Raises
         :class:`~brogue.adapters.AdapterError` (``missing``, ``manifest``, ``wrong_base``, ...).
         """
-        ref = _as_ref(ref)
+        ref = as_ref(ref)
         entry = self.resolve(ref)
         weights = self._read_entry(entry, base)
         _check_names(weights.manifest, ref, entry)
@@ -165,7 +157,8 @@ class AdapterStore:
         are immutable, publish a new version instead.
         """
         if isinstance(weights, Mapping):
-            arrays, origin = {key: _as_float32(value) for key, value in weights.items()}, "adapter arrays"
+            origin = "adapter arrays"
+            arrays = {key: as_float32(key, value, origin) for key, value in weights.items()}
         elif Path(weights).is_dir():
             read = read_adapter(weights, base)
             m = read.manifest
@@ -209,14 +202,7 @@ class AdapterStore:
 
     def _read_manifest(self, entry: Path) -> Manifest:
         """The validated manifest of the entry at ``entry``, without reading its tensors."""
-        path = entry / MANIFEST_FILE
-        try:
-            data = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise AdapterError("missing", f"{path}: file not found") from None
-        except (ValueError, RecursionError) as e:
-            raise AdapterError("manifest", f"{path}: not valid JSON ({e})") from None
-        return Manifest.from_dict(data, origin=str(path))
+        return read_manifest(entry / MANIFEST_FILE)
 
     def _read_entry(self, entry: Path, base: BaseSpec) -> AdapterWeights:
         return read_adapter(entry, base)
@@ -225,7 +211,8 @@ class AdapterStore:
         return publish_adapter(self.root, arrays, **fields)
 
 
-def _as_ref(ref: AdapterRef | str) -> AdapterRef:
+def as_ref(ref: AdapterRef | str) -> AdapterRef:
+    """``ref`` as an :class:`AdapterRef` (parsing ``"name@version"``)."""
     return ref if isinstance(ref, AdapterRef) else AdapterRef.parse(ref)
 
 
@@ -246,28 +233,13 @@ def _check_names(manifest: Manifest, ref: AdapterRef, entry: Path) -> None:
         )
 
 
-def _as_float32(value: Any) -> Any:
-    """``value`` as a float32 array if it is real-valued, else unchanged for validation to refuse."""
-    array = np.asarray(value)
-    if array.dtype.kind not in "fiu":
-        return array
-    with np.errstate(over="ignore"):  # an overflow gives Inf, which validation reports
-        return array.astype(np.float32, copy=False)
-
-
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """The float32 tensors of the safetensors file at ``path``. Never unpickles anything."""
+    """The float32 tensors of a loose safetensors file at ``path``. Never unpickles anything."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise AdapterError("missing", f"{path}: file not found") from None
     try:
-        views = deserialize(data)
+        return tensors_from_bytes(path, data)
     except SafetensorError as e:
         raise AdapterError("not_safetensors", f"{path}: not a valid safetensors file ({e})") from None
-    arrays = {}
-    for name, view in views:
-        if view["dtype"] != "F32":
-            raise AdapterError("dtype", f"{path}: tensor {name!r} is {view['dtype']}, expected F32")
-        arrays[name] = np.frombuffer(view["data"], "<f4").reshape(view["shape"])
-    return arrays
