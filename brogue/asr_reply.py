@@ -1,4 +1,4 @@
-"""What the Triton model ``asr_streaming`` answers per chunk, and the error it refuses a stream with
+"""What the Triton model ``asr_streaming`` answers per chunk, and the words it refuses a stream with
 when it is full. Shared by the model (which must import nothing of tritonclient: NVIDIA's Triton
 container does not ship it to the python backend) and the gateway; the wire encoding that needs
 tritonclient is :mod:`brogue.asr_io`.
@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 MODEL = "asr_streaming"
 
 CAPACITY_ERROR = "stream capacity reached"
-"""How the model's error message begins when every stream slot of its state pool is taken; the
-gateway refuses such a stream as "try again later" (WebSocket 1013, gRPC RESOURCE_EXHAUSTED)."""
+"""How the message of the model's ``capacity`` error begins (:class:`brogue.errors.ErrorCode`) when
+every stream slot of its state pool is taken: the words a client reads; the code is what routes it
+(WebSocket 1013, gRPC RESOURCE_EXHAUSTED)."""
 
 
 @dataclass

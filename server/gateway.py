@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brogue.asr_reply import CAPACITY_ERROR
 from brogue.audio.codecs import AudioFormatError
+from brogue.errors import ErrorCode
 from brogue.engine.metadata import ModelMeta
 
 from .metrics import Metrics
@@ -38,12 +38,12 @@ FLUSH = "flush"
 
 
 class StreamError(Exception):
-    """A stream failure for the client: ``code`` is one of unauthenticated, limit, bad_request,
-    bad_audio, adapter, unavailable, capacity (the model instance has no free stream slot), internal."""
+    """A stream failure for the client: ``code`` (an :class:`~brogue.errors.ErrorCode`) says why, and
+    maps once to each protocol (:data:`brogue.errors.WIRE`)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: ErrorCode | str, message: str):
         super().__init__(message)
-        self.code = code
+        self.code = ErrorCode(code)  # a ValueError for a code that does not exist
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class Gateway:
         try:
             return self.tenants.authenticate(api_key)
         except AuthError as e:
-            raise StreamError("unauthenticated", str(e)) from None
+            raise StreamError(ErrorCode.UNAUTHENTICATED, str(e)) from None
 
     def tenant_adapters(self) -> list[str]:
         """The adapters tenants use now: what a (re)joining Triton instance loads first."""
@@ -130,7 +130,7 @@ class Gateway:
     def require_ready(self) -> None:
         """Refuse a new stream (``unavailable``) while no Triton instance can take it."""
         if not self.ready:
-            raise StreamError("unavailable", f"no Triton instance is ready ({', '.join(self.pool.urls)}); "
+            raise StreamError(ErrorCode.UNAVAILABLE, f"no Triton instance is ready ({', '.join(self.pool.urls)}); "
                                              "try again later")
 
     async def check_triton(self) -> None:
@@ -142,14 +142,14 @@ class Gateway:
         try:
             return ModelInfo.from_meta(self.meta, self.meta.served_latency(latency, self.latencies).name)
         except ValueError as e:
-            raise StreamError("bad_request", str(e)) from None
+            raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
 
     def open_lease(self, tenant: Tenant) -> Lease:
         """Count a new stream of ``tenant`` against its limit (before telling the client it's ready)."""
         try:
             return self.tenants.open_stream(tenant)
         except LimitError as e:
-            raise StreamError("limit", str(e)) from None
+            raise StreamError(ErrorCode.LIMIT, str(e)) from None
 
     async def run_stream(self, tenant: Tenant, config: SessionConfig, inputs: AsyncIterator,
                          api: str = "ws", lease: Lease | None = None) -> AsyncIterator[Result]:
@@ -166,11 +166,11 @@ class Gateway:
             try:
                 session = StreamSession(config, self.model_info(config.latency))
             except AudioFormatError as e:
-                raise StreamError("bad_request", str(e)) from None
+                raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
             try:
                 seq = self.pool.open(adapter=tenant.adapter, latency=config.latency or "")
             except TritonUnavailable as e:
-                raise StreamError("unavailable", str(e)) from None
+                raise StreamError(ErrorCode.UNAVAILABLE, str(e)) from None
 
             async def send(chunk, end=False):
                 nonlocal busy, first_partial_seen
@@ -178,14 +178,12 @@ class Gateway:
                 try:
                     reply = await seq.send(chunk, end=end)
                 except TritonUnavailable as e:
-                    raise StreamError("unavailable", str(e)) from None
+                    raise StreamError(ErrorCode.UNAVAILABLE, str(e)) from None
                 except ModelMismatch as e:
                     log.error("%s", e)
-                    raise StreamError("internal", str(e)) from None
+                    raise StreamError(ErrorCode.INTERNAL, str(e)) from None
                 except SequenceError as e:
-                    code = "capacity" if CAPACITY_ERROR in str(e) else "adapter" if "adapter" in str(e) \
-                        else "bad_request"
-                    raise StreamError(code, str(e)) from None
+                    raise StreamError(e.code, str(e)) from None
                 dt = time.perf_counter() - t
                 busy += dt
                 m.chunk_latency.observe(dt)
@@ -209,9 +207,9 @@ class Gateway:
                 try:
                     chunks = session.feed_audio(item)
                 except AudioFormatError as e:
-                    raise StreamError("bad_audio", str(e)) from None
+                    raise StreamError(ErrorCode.BAD_AUDIO, str(e)) from None
                 if session.audio_seconds > tenant.max_stream_seconds:
-                    raise StreamError("limit", f"stream longer than tenant {tenant.name}'s limit of "
+                    raise StreamError(ErrorCode.LIMIT, f"stream longer than tenant {tenant.name}'s limit of "
                                                f"{tenant.max_stream_seconds:g} s")
                 for chunk in chunks:
                     for ev in await send(chunk):
@@ -222,7 +220,7 @@ class Gateway:
             try:
                 last = session.end_audio()
             except AudioFormatError as e:
-                raise StreamError("bad_audio", str(e)) from None
+                raise StreamError(ErrorCode.BAD_AUDIO, str(e)) from None
             for ev in await send(last, end=True):
                 yield ev
             for ev in session.on_end():

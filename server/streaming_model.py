@@ -33,6 +33,7 @@ import numpy as np
 from brogue.adapters import AdapterError, AdapterRef
 from brogue.adapters.store import AdapterStore
 from brogue.asr_reply import ChunkReply
+from brogue.errors import ErrorCode, tagged
 from brogue.engine.runner import StreamingRunner
 from brogue.engine.state_pool import PoolFull
 from brogue.engine.stream import StreamState
@@ -45,7 +46,22 @@ PENDING = -1  # slot of a stream whose adapter is still loading
 
 
 class RequestError(ValueError):
-    """A request the model refuses; the message goes back to the client."""
+    """A request the model refuses; the message goes back to the client, tagged with ``code``."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST):
+        super().__init__(message)
+        self.code = code
+
+
+def error_code(e: Exception) -> ErrorCode:
+    """The code a refused request's exception is reported with."""
+    if isinstance(e, RequestError):
+        return e.code
+    if isinstance(e, PoolFull):
+        return ErrorCode.CAPACITY
+    if isinstance(e, (AdapterError, AdapterBankError)):
+        return ErrorCode.ADAPTER
+    return ErrorCode.BAD_REQUEST  # ValueError: an unknown latency, a malformed adapter reference
 
 
 @dataclass
@@ -123,7 +139,7 @@ class StreamingModel:
             try:
                 st, samples = self._admit(req)
             except (RequestError, AdapterError, AdapterBankError, PoolFull, ValueError) as e:
-                results[i].error = str(e)
+                results[i].error = tagged(error_code(e), str(e))
                 self.stats.errors += 1
                 log.info("sequence %s: %s", req.corrid, e)
                 continue
@@ -135,7 +151,8 @@ class StreamingModel:
             except Exception as e:  # an engine failure: fail these streams cleanly, keep the model up
                 log.exception("engine step failed for sequences %s", [st.stream_id for st, _, _ in work])
                 for (st, _, _), i in zip(work, owners):
-                    results[i].error = f"internal error, stream {st.stream_id} closed: {e}"
+                    results[i].error = tagged(ErrorCode.INTERNAL,
+                                              f"internal error, stream {st.stream_id} closed: {e}")
                     self._drop(st.stream_id)
                 self.stats.errors += len(work)
                 work = []
@@ -164,7 +181,8 @@ class StreamingModel:
         st = self.streams.get(req.corrid)
         if st is None:
             raise RequestError(f"sequence {req.corrid} has no state: send START first "
-                               f"(or it was idle longer than {self.idle_timeout:g} s and was swept)")
+                               f"(or it was idle longer than {self.idle_timeout:g} s and was swept)",
+                               ErrorCode.NO_STATE)
         if st.slot == PENDING:
             ref = self.refs[req.corrid]
             try:

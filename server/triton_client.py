@@ -21,8 +21,17 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from brogue.asr_io import MODEL, ChunkReply, parse_reply, request_inputs
+from brogue.errors import ErrorCode, split_tag
 
 log = logging.getLogger(__name__)
+
+
+def _transport_down(status: str, message: str) -> bool:
+    """Whether an untagged error says the connection to Triton failed: gRPC's UNAVAILABLE status,
+    or tritonclient's wording of a connection failure on a stream (which has no status)."""
+    low = message.lower()
+    return "UNAVAILABLE" in status or any(s in low for s in ("failed to connect", "connection refused",
+                                                             "socket closed"))
 
 
 def channel_args(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:
@@ -55,7 +64,17 @@ class TritonUnavailable(ConnectionError):
 
 
 class SequenceError(RuntimeError):
-    """Triton refused a request of this stream (the message is the model's)."""
+    """Triton refused a request of this stream: ``code`` is the model's (an untagged refusal, from
+    Triton itself, is ``bad_request``), the message the model's without its tag."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+# What Triton's own sequence batcher (not the model, whose errors carry a code) says when a sequence
+# it does not know sends a chunk without START: after a Triton restart, for a live stream.
+TRITON_UNKNOWN_SEQUENCE = "must specify the start flag"
 
 
 class ModelMismatch(RuntimeError):
@@ -160,15 +179,14 @@ class Sequence:
             msg, status = error.message(), str(error.status())
         else:
             msg, status = str(error), ""
-        low = msg.lower()
-        if "UNAVAILABLE" in status or "failed to connect" in low or "connection refused" in low \
-                or "socket closed" in low:
+        code, text = split_tag(msg)
+        if code is None and _transport_down(status, msg):
             self.pool.mark_down(self.url)
             return TritonUnavailable(f"Triton at {self.url} is unavailable: {msg}")
-        if self.started and ("has no state" in low or "must specify the start flag" in low):
+        if self.started and (code is ErrorCode.NO_STATE or (code is None and TRITON_UNKNOWN_SEQUENCE in msg)):
             # Triton restarted (or swept the sequence) under a live stream: its state is gone
-            return TritonUnavailable(f"Triton at {self.url} lost this stream's state (restarted?): {msg}")
-        return SequenceError(msg)
+            return TritonUnavailable(f"Triton at {self.url} lost this stream's state (restarted?): {text}")
+        return SequenceError(code or ErrorCode.BAD_REQUEST, text)
 
     async def close(self) -> None:
         """Release the gRPC stream (Triton frees the state on END, or sweeps it after idling); the

@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from brogue.audio.codecs import ENCODINGS, SAMPLE_RATES
+from brogue.errors import WIRE, ErrorCode
 
 from .endpointing import EndpointingConfig
 from .gateway import FLUSH, STOPPED, Gateway, StreamError
@@ -40,8 +41,6 @@ from .session import SessionConfig
 log = logging.getLogger(__name__)
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "clients" / "web"
-_CLOSE_CODES = {"unauthenticated": 1008, "limit": 1008, "bad_request": 1008, "bad_audio": 1003,
-                "adapter": 1011, "unavailable": 1013, "capacity": 1013, "internal": 1011, "idle": 1001, "slow_client": 1008}
 _ENDPOINTING_KEYS = {f for f in EndpointingConfig.__dataclass_fields__}
 
 
@@ -143,7 +142,7 @@ class WebSocketFrontEnd:
                 self._tenants[connection] = self.gateway.authenticate(api_key_of(request))
             except StreamError as e:
                 self.gateway.metrics.errors.labels(e.code, "ws").inc()
-                return connection.respond(HTTPStatus.UNAUTHORIZED, f"{e}\n")
+                return connection.respond(HTTPStatus(WIRE[e.code].http_status), f"{e}\n")
             return None
         if path == "/metrics":
             return Response(200, "OK", Headers([("Content-Type", CONTENT_TYPE_LATEST)]), self.gateway.metrics.render())
@@ -181,10 +180,10 @@ class WebSocketFrontEnd:
                 config = parse_config(await asyncio.wait_for(ws.recv(), lim.config_seconds))
                 info = self.gateway.model_info(config.latency)
             except (ValueError, StreamError) as e:
-                await self._fail(ws, StreamError("bad_request", str(e)))
+                await self._fail(ws, StreamError(ErrorCode.BAD_REQUEST, str(e)))
                 return
             except asyncio.TimeoutError:
-                await self._fail(ws, StreamError("idle", f"no config within {lim.config_seconds:g} s"))
+                await self._fail(ws, StreamError(ErrorCode.IDLE, f"no config within {lim.config_seconds:g} s"))
                 return
             self.gateway.require_ready()  # no Triton ready: 1013 (try again later), never "ready" first
             lease = self.gateway.open_lease(tenant)  # over the limit: refused before "ready"
@@ -219,7 +218,7 @@ class WebSocketFrontEnd:
                 log.info("client of tenant %s went away", tenant.name)
         except Exception as e:  # a bug must cost one stream, with a clear error, never the gateway
             log.exception("stream of tenant %s failed", tenant.name)
-            await self._fail(ws, StreamError("internal", f"internal error: {type(e).__name__}"))
+            await self._fail(ws, StreamError(ErrorCode.INTERNAL, f"internal error: {type(e).__name__}"))
 
     async def _inputs(self, ws: ServerConnection):
         lim = self.limits
@@ -228,7 +227,7 @@ class WebSocketFrontEnd:
             try:
                 msg = await self.gateway.next_input(ws.recv, lim.idle_seconds)  # a lost recv() loses nothing
             except asyncio.TimeoutError:
-                raise StreamError("idle", f"no message for {lim.idle_seconds:g} s") from None
+                raise StreamError(ErrorCode.IDLE, f"no message for {lim.idle_seconds:g} s") from None
             except ConnectionClosed:
                 return  # the client closed without a "close" message: treat as end of audio
             if msg is STOPPED:
@@ -238,33 +237,33 @@ class WebSocketFrontEnd:
             if now - window_start >= 1.0:
                 window_start, count = now, 1
             if count > lim.max_messages_per_second:
-                raise StreamError("limit", f"more than {lim.max_messages_per_second:g} messages per second")
+                raise StreamError(ErrorCode.LIMIT, f"more than {lim.max_messages_per_second:g} messages per second")
             if isinstance(msg, bytes):
                 yield msg
                 continue
             try:
                 ctl = json.loads(msg)
             except json.JSONDecodeError:
-                raise StreamError("bad_request", "text messages must be JSON controls") from None
+                raise StreamError(ErrorCode.BAD_REQUEST, "text messages must be JSON controls") from None
             kind = ctl.get("type") if isinstance(ctl, dict) else None
             if kind == "flush":
                 yield FLUSH
             elif kind == "close":
                 return
             else:
-                raise StreamError("bad_request", f"unknown control {kind!r}; use 'flush' or 'close'")
+                raise StreamError(ErrorCode.BAD_REQUEST, f"unknown control {kind!r}; use 'flush' or 'close'")
 
     async def _send(self, ws: ServerConnection, msg: dict) -> None:
         try:
             await asyncio.wait_for(ws.send(json.dumps(msg)), self.limits.send_seconds)
         except asyncio.TimeoutError:
-            raise StreamError("slow_client", f"client did not read results for {self.limits.send_seconds:g} s") from None
+            raise StreamError(ErrorCode.SLOW_CLIENT, f"client did not read results for {self.limits.send_seconds:g} s") from None
 
     async def _fail(self, ws: ServerConnection, e: StreamError) -> None:
         log.info("stream error (%s): %s", e.code, e)
         self.gateway.metrics.errors.labels(e.code, "ws").inc()
         try:
             await asyncio.wait_for(ws.send(json.dumps({"type": "error", "code": e.code, "message": str(e)})), 2)
-            await ws.close(_CLOSE_CODES.get(e.code, 1011), e.code)
+            await ws.close(WIRE[e.code].ws_close, e.code)
         except (ConnectionClosed, asyncio.TimeoutError):
             pass

@@ -20,6 +20,7 @@ from brogue.engine.metadata import ModelMeta
 from brogue.engine.runner import StreamingRunner
 from brogue.engine.state_pool import PoolFull, StatePool
 from brogue.engine.stream import StreamState
+from brogue.errors import ErrorCode, split_tag
 from brogue.audio.mel import StreamingMel
 from brogue.server.streaming_model import ChunkRequest, StreamingModel
 from conftest import REPO
@@ -235,7 +236,8 @@ def test_more_streams_than_rows_are_refused_and_live_streams_are_unharmed(audios
                     continue
                 assert res.error is None, res.error
                 got[req.corrid] += res.tokens
-        assert refused and refused[0].startswith(CAPACITY_ERROR) and "all 2 stream slots" in refused[0]
+        code, message = split_tag(refused[0])
+        assert code is ErrorCode.CAPACITY and message.startswith(CAPACITY_ERROR) and "all 2 stream slots" in message
         assert [got[1], got[2]] == [st.tokens for st in want]
         (res,) = model.execute([ChunkRequest(3, True, True, a)])  # both ended: room again
         assert res.error is None and res.tokens == want[0].tokens

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from brogue.engine.runner import StreamingRunner
+from brogue.errors import ErrorCode, split_tag
 from brogue.server.streaming_model import ChunkRequest, StreamingModel
 from conftest import speechlike
 
@@ -78,7 +79,7 @@ def test_sweep_frees_idle_sequences_and_their_bank_slots(model, tiny_repo):
     assert 9 not in model.streams
     assert all(info.refcount == 0 for info in model.bank.snapshot().values())
     (res,) = model.execute([ChunkRequest(9, False, False, audio)])
-    assert "send START first" in res.error
+    assert split_tag(res.error)[0] is ErrorCode.NO_STATE and "send START first" in res.error
 
 
 def test_bad_requests_fail_alone(model, tiny_repo):
@@ -97,8 +98,11 @@ def test_bad_requests_fail_alone(model, tiny_repo):
     ]
     res = model.execute(reqs)
     assert res[0].error is None and res[0].final
-    expected = ["send START first", "exceeds the limit", "NaN or Inf", "float32 or int16", "invalid adapter",
-                "nosuch", "'1_2' is not in this model; served latencies"]
-    for r, text in zip(res[1:], expected):
-        assert r.error and text in r.error, (text, r.error)
+    expected = [("no_state", "send START first"), ("bad_request", "exceeds the limit"),
+                ("bad_request", "NaN or Inf"), ("bad_request", "float32 or int16"),
+                ("bad_request", "invalid adapter"), ("adapter", "nosuch"),
+                ("bad_request", "'1_2' is not in this model; served latencies")]
+    for r, (code, text) in zip(res[1:], expected):
+        got_code, message = split_tag(r.error or "")
+        assert got_code == code and text in message, (code, text, r.error)
     assert not model.streams  # nothing half-open is left behind

@@ -46,6 +46,7 @@ import riva.client.proto.riva_asr_pb2_grpc as rasr_grpc
 import riva.client.proto.riva_audio_pb2 as raudio
 
 from brogue.audio.codecs import SAMPLE_RATES
+from brogue.errors import WIRE, ErrorCode
 
 from ..endpointing import EndpointingConfig
 from ..gateway import STOPPED, Gateway, StreamError
@@ -53,11 +54,6 @@ from ..session import SessionConfig
 
 log = logging.getLogger(__name__)
 
-STATUS = {"unauthenticated": grpc.StatusCode.UNAUTHENTICATED, "limit": grpc.StatusCode.RESOURCE_EXHAUSTED,
-          "capacity": grpc.StatusCode.RESOURCE_EXHAUSTED,
-          "bad_request": grpc.StatusCode.INVALID_ARGUMENT, "bad_audio": grpc.StatusCode.INVALID_ARGUMENT,
-          "adapter": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE,
-          "idle": grpc.StatusCode.DEADLINE_EXCEEDED}
 ENCODINGS = {raudio.ENCODING_UNSPECIFIED: "pcm16", raudio.LINEAR_PCM: "pcm16", raudio.MULAW: "mulaw",
              raudio.ALAW: "alaw"}
 WIDTH = {"pcm16": 2, "mulaw": 1, "alaw": 1}
@@ -89,11 +85,11 @@ def parse_wav(data: bytes, final: bool):
         incomplete = isinstance(e, EOFError) or "missing" in str(e) or len(data) < 12
         if incomplete and not final and len(data) < MAX_WAV_HEADER:
             return None
-        raise StreamError("bad_audio", f"unreadable WAV header ({e}); send 16-bit PCM WAV or raw audio") from None
+        raise StreamError(ErrorCode.BAD_AUDIO, f"unreadable WAV header ({e}); send 16-bit PCM WAV or raw audio") from None
     if channels != 1:
-        raise StreamError("bad_audio", f"WAV has {channels} channels; send mono (one stream per channel)")
+        raise StreamError(ErrorCode.BAD_AUDIO, f"WAV has {channels} channels; send mono (one stream per channel)")
     if width != 2:
-        raise StreamError("bad_audio", f"WAV samples are {8 * width}-bit; send 16-bit PCM")
+        raise StreamError(ErrorCode.BAD_AUDIO, f"WAV samples are {8 * width}-bit; send 16-bit PCM")
     return rate, offset, size if 0 < size < 0xFFFF0000 else None
 
 
@@ -110,7 +106,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             requests = request_iterator.__aiter__()
             first = await self._next(requests)
             if first is None or not first.HasField("streaming_config"):
-                raise StreamError("bad_request", "the first request must carry streaming_config")
+                raise StreamError(ErrorCode.BAD_REQUEST, "the first request must carry streaming_config")
             cfg = first.streaming_config
             check_config(self.gateway, cfg.config)
             # No Triton ready: UNAVAILABLE before any audio is taken. (Aborting before the first request
@@ -121,7 +117,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             while not final and (not head or head.startswith(b"RIFF"[:len(head)])):
                 req = await self._next(requests)
                 if req is not None and req.HasField("streaming_config"):
-                    raise StreamError("bad_request", "streaming_config is allowed in the first request only")
+                    raise StreamError(ErrorCode.BAD_REQUEST, "streaming_config is allowed in the first request only")
                 final = req is None
                 head += b"" if final else req.audio_content
                 if head.startswith(b"RIFF") and parse_wav(head, final) is not None:
@@ -142,7 +138,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
                     if req is None:
                         return
                     if req.HasField("streaming_config"):
-                        raise StreamError("bad_request", "streaming_config is allowed in the first request only")
+                        raise StreamError(ErrorCode.BAD_REQUEST, "streaming_config is allowed in the first request only")
                     head = req.audio_content
 
             counter = _Processed(config)
@@ -159,7 +155,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             await self._abort(context, e)
         except Exception:  # a bug fails this stream only, as INTERNAL
             log.exception("riva StreamingRecognize failed")
-            await self._abort(context, StreamError("internal", "internal error"))
+            await self._abort(context, StreamError(ErrorCode.INTERNAL, "internal error"))
         finally:
             if lease is not None:  # run_stream releases it too; this covers failures before it ran
                 lease.release()
@@ -194,7 +190,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             await self._abort(context, e)
         except Exception:
             log.exception("riva Recognize failed")
-            await self._abort(context, StreamError("internal", "internal error"))
+            await self._abort(context, StreamError(ErrorCode.INTERNAL, "internal error"))
         finally:
             if lease is not None:
                 lease.release()
@@ -231,13 +227,13 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
         except StopAsyncIteration:
             return None
         except asyncio.TimeoutError:
-            raise StreamError("idle", f"no request for {IDLE_SECONDS:g} s") from None
+            raise StreamError(ErrorCode.IDLE, f"no request for {IDLE_SECONDS:g} s") from None
         return None if req is STOPPED else req
 
     async def _abort(self, context, e: StreamError):
         log.info("riva stream error (%s): %s", e.code, e)
         self.gateway.metrics.errors.labels(e.code, "riva").inc()
-        await context.abort(STATUS.get(e.code, grpc.StatusCode.INTERNAL), str(e))
+        await context.abort(getattr(grpc.StatusCode, WIRE[e.code].grpc_status), str(e))
 
 
 class _Processed:
@@ -256,14 +252,14 @@ def check_config(gateway: Gateway, rc) -> None:
     if rc.encoding not in ENCODINGS:
         # an open enum: a client may send a value this proto version has no name for
         name = raudio.AudioEncoding.Name(rc.encoding) if rc.encoding in raudio.AudioEncoding.values() else rc.encoding
-        raise StreamError("bad_request", f"encoding {name} is not supported; use LINEAR_PCM, MULAW or ALAW")
+        raise StreamError(ErrorCode.BAD_REQUEST, f"encoding {name} is not supported; use LINEAR_PCM, MULAW or ALAW")
     if rc.audio_channel_count > 1:
-        raise StreamError("bad_request", f"audio_channel_count {rc.audio_channel_count}: only mono is supported "
+        raise StreamError(ErrorCode.BAD_REQUEST, f"audio_channel_count {rc.audio_channel_count}: only mono is supported "
                                          "(send one stream per channel)")
     if rc.diarization_config.enable_speaker_diarization:
-        raise StreamError("bad_request", "speaker diarization is not supported")
+        raise StreamError(ErrorCode.BAD_REQUEST, "speaker diarization is not supported")
     if rc.language_code and not rc.language_code.lower().startswith("en"):
-        raise StreamError("bad_request", f"language_code {rc.language_code!r}: this model is en-US")
+        raise StreamError(ErrorCode.BAD_REQUEST, f"language_code {rc.language_code!r}: this model is en-US")
     latency(gateway, rc.model)
 
 
@@ -271,7 +267,7 @@ def latency(gateway: Gateway, model: str) -> str | None:
     if model in ("", gateway.meta.raw.get("name")):
         return None
     if model not in gateway.meta.latencies:
-        raise StreamError("bad_request", f"unknown model {model!r}; use one of "
+        raise StreamError(ErrorCode.BAD_REQUEST, f"unknown model {model!r}; use one of "
                                          f"{', '.join(sorted(gateway.meta.latencies))} (latencies) or leave it empty")
     return model
 
@@ -283,14 +279,14 @@ def session_config(gateway: Gateway, rc, audio: bytes, final: bool, interim: boo
         rate, offset, size = parse_wav(audio, final)
         encoding, audio = "pcm16", audio[offset:]
     if not rate:
-        raise StreamError("bad_request", "sample_rate_hertz is required for raw audio (no WAV header)")
+        raise StreamError(ErrorCode.BAD_REQUEST, "sample_rate_hertz is required for raw audio (no WAV header)")
     if rate not in SAMPLE_RATES:
-        raise StreamError("bad_request", f"sample_rate_hertz {rate} is not supported; use one of "
+        raise StreamError(ErrorCode.BAD_REQUEST, f"sample_rate_hertz {rate} is not supported; use one of "
                                          f"{', '.join(map(str, SAMPLE_RATES))}")
     try:
         ep = EndpointingConfig.from_riva(rc.endpointing_config)
     except ValueError as e:
-        raise StreamError("bad_request", str(e)) from None
+        raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
     return SessionConfig(rate, encoding, interim, ep, latency(gateway, rc.model)), audio, size
 
 
