@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import resource
 
 import numpy as np
 import pytest
@@ -20,7 +19,8 @@ import torch
 from brogue.engine.runner import StreamingRunner
 from brogue.export.adapter import adapters_from_model
 from brogue.export.configs import build_model
-from brogue.export.nemo_export import ExportError, export_model
+from brogue.export.nemo_export import export_model
+from brogue.export.nemo_model import ExportError
 from nemo_reference import make_talkative, nemo_offline, nemo_streaming, random_adapters, use_adapter
 
 pytestmark = pytest.mark.nemo
@@ -172,15 +172,24 @@ def test_multi_latency_model_exports_each_latency(tmp_path):
         assert st.tokens == toks, ctx
 
 
-def test_export_from_nemo_file_is_fast_and_small(tmp_path):
+def test_export_from_a_nemo_file_holds_each_weight_once(tmp_path):
+    """From a .nemo on disk: every graph (each latency's first and steady step, ONNX and TorchScript)
+    reads one shared weights.bin, so the export is about one copy of the weights however many graphs
+    it writes. (How long an export takes is measured in docs/performance.md, not here.)"""
     model = _build("hybrid", "rnnt")
     model.save_to(str(tmp_path / "tiny.nemo"))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    params = 4 * sum(p.numel() for p in model.parameters())
     meta = export_model(tmp_path / "tiny.nemo", tmp_path / "m", head="ctc")
     assert meta["source"]["path"].endswith("tiny.nemo")
-    assert meta["export_seconds"] < 120
-    print(f"export of the tiny hybrid: {meta['export_seconds']} s, peak RSS {before // 1024} -> "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+    out = tmp_path / "m"
+    graphs = [f for f in out.iterdir() if f.suffix in (".onnx", ".ts")]
+    weights = (out / "weights.bin").stat().st_size
+    total = weights + sum(f.stat().st_size for f in graphs)
+    print(f"{len(graphs)} graphs; parameters {params} B, weights.bin {weights} B, all files {total} B")
+    assert len(graphs) >= 4 and weights == meta["weights"]["bytes"]
+    assert weights <= params  # the encoder's and the CTC head's tensors (no RNNT), each once
+    # A copy of the weights per graph would be len(graphs) times this.
+    assert total < 2 * params, (total, params, len(graphs))
 
 
 def test_refuses_what_it_cannot_stream(tmp_path):

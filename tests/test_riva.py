@@ -140,7 +140,7 @@ def _code(call):
 
 
 def test_refusals_have_clear_status_codes(gateway, speech, tmp_path):
-    path, _, _ = speech
+    path, want, _ = speech
     data = path.read_bytes()
 
     def stream(key, config, chunks=(b"\0\0" * 1600,)):
@@ -154,9 +154,11 @@ def test_refusals_have_clear_status_codes(gateway, speech, tmp_path):
     for key in ("wrong-key", None):
         assert _code(stream(key, streaming_config(path)))[0] == unauth
         assert _code(recognize(key, streaming_config(path)))[0] == unauth
+    # the key as a bearer token picks its tenant (and adapter) as x-api-key does
     bearer = riva.client.ASRService(riva.client.Auth(uri=gateway.grpc_url,
-                                                     metadata_args=[["authorization", f"Bearer {DEMO_KEYS['base']}"]]))
-    assert bearer.offline_recognize(data, streaming_config(path)) is not None
+                                                     metadata_args=[["authorization", f"Bearer {DEMO_KEYS['scot']}"]]))
+    resp = bearer.offline_recognize(data, streaming_config(path))
+    assert squash("".join(r.alternatives[0].transcript for r in resp.results)) == squash(want)
 
     bad = grpc.StatusCode.INVALID_ARGUMENT
     flac = streaming_config(sample_rate_hertz=16000)

@@ -57,17 +57,29 @@ def test_batched_sequences_with_adapters_equal_the_reference(model, tiny_repo):
 
 
 def test_a_stream_buffers_while_its_adapter_loads(model, tiny_repo):
-    """The first request starts the load and returns at once; the stream catches up afterwards."""
+    """The first request starts the load and returns at once, with no tokens; the stream buffers its
+    audio, and catches up once the adapter is in. The store's read is held until the first two
+    requests are answered, so the buffering always happens."""
+    import threading
+
+    gate = threading.Event()
+    read_entry = model.store._read_entry
+
+    def held(entry, base):  # the store's one file-system read of an entry
+        assert gate.wait(30), "the test never released the load"
+        return read_entry(entry, base)
+
+    model.store._read_entry = held
     audio = speechlike(np.random.default_rng(1), 2.0)
     first = model.execute([ChunkRequest(7, True, False, audio[:16000], adapter=tiny_repo.refs["med"])])[0]
-    assert first.error is None
-    got = list(first.tokens)
-    if not first.adapter_ready:
-        assert first.tokens == []
-        time.sleep(0.2)
-    rest = model.execute([ChunkRequest(7, False, True, audio[16000:])])[0]
+    assert first.error is None and not first.adapter_ready and first.tokens == []
+    second = model.execute([ChunkRequest(7, False, False, audio[16000:24000])])[0]
+    assert second.error is None and not second.adapter_ready and second.tokens == []
+    assert 7 in model.streams and model.streams[7].frames.shape[1] > 0  # the audio waits, as features
+    gate.set()
+    rest = model.execute([ChunkRequest(7, False, True, audio[24000:])])[0]  # END waits for the load
     assert rest.final and rest.adapter_ready
-    assert got + rest.tokens == reference(tiny_repo, audio, "med")
+    assert rest.tokens == reference(tiny_repo, audio, "med")
 
 
 def test_sweep_frees_idle_sequences_and_their_bank_slots(model, tiny_repo):
