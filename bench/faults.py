@@ -1,4 +1,4 @@
-"""The soak and the fault scripts (``brogue soak``, ``brogue faults``): bounded in time, loopback only.
+"""The fault scripts (``brogue faults``): bounded in time, loopback only.
 
 Each scenario runs real callers (:mod:`.load`) against a real :class:`~.stack.Stack`, does one
 thing to it mid-load, and returns numbers: streams run, errors by kind, what happened to the streams
@@ -14,7 +14,8 @@ the numbers are the evidence.
 - ``slow_client``: a client that never reads its results, beside normal callers;
 - ``supervised_triton``: ``brogue serve`` owns its tritonserver, which is SIGKILLed every 5 minutes
   for 30 minutes under load; only Brogue's supervisor brings it back;
-- :func:`soak`: a fixed load for many minutes, sampling RSS, live streams and Triton's live sequences.
+
+The soak (a fixed load for many minutes) is :mod:`.soak`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 
 from .clients import StreamRecord, pcm16_of
 from .load import Clip, _caller, percentiles
-from .procstat import tree_usage
+from .procstat import rss_slope, tree_usage
 from .stack import ADMIN_TOKEN, Stack
 
 CLEAN = {"unavailable", "UNAVAILABLE"}
@@ -77,7 +78,7 @@ def _code(rec: StreamRecord) -> str | None:
     return None if rec.error is None else rec.error.split(":", 1)[0]
 
 
-def _summary(records: list[StreamRecord]) -> dict:
+def summary(records: list[StreamRecord]) -> dict:
     codes: dict[str, int] = {}
     for r in records:
         if r.error:
@@ -114,7 +115,7 @@ def triton_restart(stack: Stack, clips: list[Clip], n: int = 8, down_s: float = 
     after = [r for r in records if r.t_start > t_up + settle]
     last_error = max((r.t_end for r in records if r.error), default=t_up)
     unclean = sorted({r.error for r in hit if _code(r) not in CLEAN})
-    return {"scenario": "triton_restart", **_summary(records), "restart_s": round(t_up - t_kill, 1),
+    return {"scenario": "triton_restart", **summary(records), "restart_s": round(t_up - t_kill, 1),
             "last_error_after_ready_s": round(last_error - t_up, 2),
             "streams_hit": len(hit), "hit_codes": sorted({_code(r) for r in hit}), "unclean_errors": unclean[:5],
             "before_errors": sum(1 for r in before if r.error), "after_streams": len(after),
@@ -180,7 +181,7 @@ def gateway_restart(stack: Stack, clips: list[Clip], n: int = 8, warm_s: float =
     expected = ("completed",) if sig == signal.SIGTERM else ("UNAVAILABLE", "CANCELLED")
     riva_clean = outcome.split(":")[0] in expected
     name = "gateway_restart" if sig == signal.SIGTERM else "gateway_crash"
-    return {"scenario": name, **_summary(records), "restart_s": round(t_up - t_stop, 1),
+    return {"scenario": name, **summary(records), "restart_s": round(t_up - t_stop, 1),
             "streams_hit": len(hit), "hit_errors": sorted({r.error for r in hit})[:5], "after_streams": len(after),
             "after_errors": sum(1 for r in after if r.error), "riva_client": riva_out.get("outcome"),
             "abrupt_ends": len(abrupt),
@@ -221,7 +222,7 @@ def adapter_publish(stack: Stack, clips: list[Clip], n: int = 8, seconds: float 
             published.append(round((time.monotonic() - t) * 1000, 1))
     time.sleep(5)
     records = load.stop()
-    s = _summary(records)
+    s = summary(records)
     on_target = [r for r in records if r.tenant == target.name]
     return {"scenario": "adapter_publish", **s, "publishes": len(published), "publish_assign_ms": published,
             "target_tenant_streams": len(on_target), "ok": s["errors"] == 0 and len(published) > 0}
@@ -288,7 +289,7 @@ def slow_client(stack: Stack, clips: list[Clip], n: int = 4, audio_s: float = 60
     _, rss1 = tree_usage(stack.gateway.pid)
     time.sleep(5)
     records = load.stop()
-    s = _summary(records)
+    s = summary(records)
     slow["server_counted_slow_client"] = _errors_total(stack, "slow_client") - slow_before
     return {"scenario": "slow_client", **s, "slow": slow, "gateway_rss_mb": [round(rss0 / 2**20, 1), round(rss1 / 2**20, 1)],
             "ok": slow["disconnected"] and slow["server_counted_slow_client"] >= 1 and s["errors"] == 0}
@@ -299,15 +300,6 @@ def _readyz(stack: Stack) -> bool:
         return urllib.request.urlopen(f"http://127.0.0.1:{stack.http_port}/readyz", timeout=2).status == 200
     except OSError:
         return False
-
-
-def _slope_per_hour(samples: list[dict], key: str) -> float:
-    """Least-squares slope of ``key`` over ``t_s``, per hour."""
-    t = np.array([s["t_s"] for s in samples], float)
-    y = np.array([s[key] for s in samples], float)
-    if len(t) < 3 or np.ptp(t) == 0:
-        return 0.0
-    return float(np.polyfit(t, y, 1)[0] * 3600)
 
 
 def supervised_triton(stack: Stack, clips: list[Clip], n: int = 28, minutes: float = 30.0, every_s: float = 300.0,
@@ -354,10 +346,10 @@ def supervised_triton(stack: Stack, clips: list[Clip], n: int = 28, minutes: flo
     windows = [(k["t_kill"], k["t_ready"] + window_s) for k in kills]
     inside = [r for r in records if r.error and any(r.t_start <= b and r.t_end >= a for a, b in windows)]
     outside = [r for r in records if r.error and not any(r.t_start <= b and r.t_end >= a for a, b in windows)]
-    s = _summary(records)
+    s = summary(records)
     for k in kills:
         k.pop("t_kill"), k.pop("t_ready")
-    slope = _slope_per_hour(samples[max(1, int(60 / sample_s)):], "gateway_rss_mb")  # after the first minute
+    slope = rss_slope(samples, "gateway_rss_mb", skip_s=60.0) or 0.0  # after the first minute
     return {"scenario": "supervised_triton", "minutes": minutes, "callers": n, "kill_every_s": every_s, **s,
             "kills": kills, "refused_while_not_ready": len(inside) - sum(k["hit_errors"] for k in kills),
             "errors_outside_kill_windows": len(outside),
@@ -391,45 +383,3 @@ def gateway_active_streams(stack: Stack) -> float:
     text = urllib.request.urlopen(stack.metrics_url, timeout=10).read().decode()
     return sum(s.value for f in text_string_to_metric_families(text) if f.name == "brogue_active_streams"
                for s in f.samples)
-
-
-def rss_slope(samples: list[dict], key: str, skip_s: float = 300.0) -> float | None:
-    """Least-squares slope of ``key`` (MB) over time, in MB per hour, past the first ``skip_s``
-    seconds (warm-up: arenas and caches fill); None with fewer than 3 samples."""
-    pts = [(x["t_s"], x[key]) for x in samples if x["t_s"] >= skip_s]
-    if len(pts) < 3:
-        return None
-    t, y = np.array(pts, dtype=float).T
-    return round(float(np.polyfit(t / 3600.0, y, 1)[0]), 2)
-
-
-def soak(stack: Stack, clips: list[Clip], n: int, minutes: float, sample_s: float = 15.0, log=print) -> dict:
-    """``n`` callers for ``minutes``; RSS, gateway streams and Triton sequences every ``sample_s``."""
-    load = BackgroundLoad(stack, clips, n).start()
-    samples = []
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < minutes * 60:
-        time.sleep(sample_s)
-        _, g = tree_usage(stack.gateway.pid)
-        _, t = tree_usage(stack.triton.pid)
-        samples.append({"t_s": round(time.monotonic() - t0), "gateway_rss_mb": round(g / 2**20, 1),
-                        "triton_rss_mb": round(t / 2**20, 1), "gateway_streams": gateway_active_streams(stack),
-                        "triton_sequences": triton_live_sequences(stack), "streams_done": len(load.records),
-                        "errors": sum(1 for r in load.records if r.error)})
-        if len(samples) % 8 == 1:
-            log(f"  {samples[-1]}")
-    records = load.stop()
-    time.sleep(2)
-    end = {"gateway_streams": gateway_active_streams(stack), "triton_sequences": triton_live_sequences(stack)}
-    warm = samples[min(len(samples) - 1, max(0, int(60 / sample_s)))]  # after the first minute
-    last = samples[-1]
-    growth = {k: round(last[k] - warm[k], 1) for k in ("gateway_rss_mb", "triton_rss_mb")}
-    s = _summary(records)
-    return {"scenario": "soak", "minutes": minutes, "callers": n, **s, "rss_after_1_min": {k: warm[k] for k in growth},
-            "rss_end": {k: last[k] for k in growth}, "rss_growth_mb": growth,
-            "rss_slope_mb_per_hour": {k: rss_slope(samples, k) for k in growth},
-            "live_range": {k: [min(x[k] or 0 for x in samples[len(samples) // 6:]),
-                               max(x[k] or 0 for x in samples[len(samples) // 6:])]
-                           for k in ("gateway_streams", "triton_sequences")},
-            "after_load": end, "samples": samples,
-            "ok": s["errors"] == 0 and end["gateway_streams"] == 0 and (end["triton_sequences"] or 0) == 0}

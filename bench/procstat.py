@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import psutil
 
 
@@ -90,3 +91,13 @@ class ProcSampler:
                           "cpu_cores_max": round(max(c), 2) if c else None,
                           "rss_mb_start": round(r[0], 1), "rss_mb_end": round(r[-1], 1), "rss_mb_max": round(max(r), 1)}
         return out
+
+
+def rss_slope(samples: list[dict], key: str, skip_s: float = 300.0) -> float | None:
+    """Least-squares slope of ``key`` (MB) over time, in MB per hour, past the first ``skip_s``
+    seconds (warm-up: arenas and caches fill); None with fewer than 3 samples."""
+    pts = [(x["t_s"], x[key]) for x in samples if x["t_s"] >= skip_s]
+    if len(pts) < 3:
+        return None
+    t, y = np.array(pts, dtype=float).T
+    return round(float(np.polyfit(t / 3600.0, y, 1)[0]), 2)

@@ -212,7 +212,7 @@ def train_adapter(
     from brogue.adapters import AdapterRef, BaseSpec, read_adapter
 
     from .adapter import export_adapter
-    from .nemo_export import fingerprint, load_nemo
+    from .nemo_model import fingerprint, load_nemo
 
     AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
     if not 0 <= domain_lm < 1:

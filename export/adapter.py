@@ -208,7 +208,7 @@ def export_adapter(
     ``name``: the store name (default: the adapter's own name). ``lm_sentences``: the domain's
     text, stored as the entry's domain LM, mixed into the model's LM at ``lm_weight``.
     """
-    from .nemo_export import fingerprint, load_nemo
+    from .nemo_model import fingerprint, load_nemo
 
     if isinstance(model, (str, Path)):
         model = load_nemo(model)

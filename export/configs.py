@@ -1,7 +1,7 @@
 """NeMo model configs for small cache-aware streaming FastConformers, built from scratch.
 
 No pretrained weights can be downloaded on the build hosts, so the demo model and the export tests
-start from these configs (see ``shared/notes/nemo-on-cpu.md``). ``streaming_model_config`` gives the
+start from these configs. ``streaming_model_config`` gives the
 full NeMo ``cfg`` for a CTC, RNNT or hybrid RNNT/CTC model, with a character vocabulary or a
 SentencePiece tokenizer; :func:`build_model` instantiates the matching NeMo class.
 """

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .nemo_export import ExportError, latency_settings, load_nemo, mel_config, model_head, vocabulary
+from .nemo_model import ExportError, latency_settings, load_nemo, mel_config, model_head, vocabulary
 
 SPACE = "\u2581"  # sherpa-onnx's SymbolTable reads a leading U+2581 as a space
 BLANK = "<blk>"  # one of the blank symbols sherpa-onnx's CTC decoder looks for

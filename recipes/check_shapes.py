@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     from nemo_reference import nemo_streaming
 
     from brogue.engine.runner import StreamingRunner
-    from brogue.export.nemo_export import load_nemo
+    from brogue.export.nemo_model import load_nemo
 
     torch.set_num_threads(2)
     model = load_nemo(a.nemo)

@@ -54,7 +54,7 @@ def main(argv=None):
         st = AdapterStore(a.store)
         pairs = [(a.data / "base_test.json", None)]
         pairs += [(a.data / f"{n}_test.json", f"{n}@{st.versions(n)[-1]}") for n in ADAPTED]
-    from brogue.export.nemo_export import load_nemo
+    from brogue.export.nemo_model import load_nemo
 
     model = load_nemo(a.nemo)  # once: each entry is added to it once, then switched on alone
     runs = [compare(model, a.model_dir, m, ad, a.store, a.limit or None) for m, ad in pairs]

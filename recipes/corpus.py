@@ -20,7 +20,11 @@ Each accent set is one accent in many espeak-ng speaker variants (test variants 
 en-gb-scotland, en-029, and two made by mapping en-us phonemes onto another language's voice,
 Indian English (the Hindi voice) and German English (the German voice; its training split adds
 the five mbrola German voices reading English and pico de-DE as further speakers).
-See ``shared/notes/speech-data.md`` for the measured facts behind the voice choices.
+The voice choices rest on measured facts about these TTS engines (which voices exist, which
+variants sound distinct).
+
+One recipe in one file (about 450 lines): the split plan, the sentence sources and the synthesis
+decide together which sentence and voice goes to which split, and are read top to bottom.
 """
 
 from __future__ import annotations

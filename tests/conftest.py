@@ -53,7 +53,8 @@ def tiny_repo(tmp_path_factory) -> TinyRepo:
     """A tiny CTC model (random weights, made to emit tokens), exported, with 8 adapters v1."""
     import torch
     from brogue.export.configs import build_model
-    from brogue.export.nemo_export import export_model, fingerprint
+    from brogue.export.nemo_export import export_model
+    from brogue.export.nemo_model import fingerprint
     from nemo_reference import make_talkative
 
     from brogue.adapters import publish_adapter

@@ -41,7 +41,7 @@ def test_adapt_trains_a_few_steps_and_stores_a_valid_entry(tmp_path, monkeypatch
     import torch
 
     from brogue.export.configs import build_model
-    from brogue.export.nemo_export import fingerprint
+    from brogue.export.nemo_model import fingerprint
 
     torch.manual_seed(0)
     model = build_model("ctc", d_model=64, n_layers=2, n_heads=2, att_context_size=[8, 1])

@@ -162,7 +162,7 @@ def test_the_committed_adapters_stream_as_in_nemo():
     import sys
 
     from brogue.clients.eval import load_audio, make_runner
-    from brogue.export.nemo_export import load_nemo
+    from brogue.export.nemo_model import load_nemo
     from nemo_reference import nemo_streaming
 
     sys.path.insert(0, str(REPO))

@@ -77,7 +77,7 @@ def as_numpy(params: dict) -> dict[str, np.ndarray]:
 
 
 def base_spec(model, max_dim: int = MAX_DIM, **override) -> BaseSpec:
-    from brogue.export.nemo_export import fingerprint
+    from brogue.export.nemo_model import fingerprint
 
     fields = dict(fingerprint=fingerprint(model), n_layers=len(model.encoder.layers),
                   d_model=int(model.encoder.d_model), max_dim=max_dim)
@@ -174,7 +174,7 @@ def test_a_store_entry_loads_back_into_a_nemo_model_exactly(base, acc_entry):
 
 
 def test_manifest(base, acc_entry):
-    from brogue.export.nemo_export import fingerprint
+    from brogue.export.nemo_model import fingerprint
 
     entry, manifest = acc_entry
     assert sorted(p.name for p in entry.iterdir()) == sorted([MANIFEST_FILE, TENSORS_FILE])

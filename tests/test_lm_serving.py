@@ -102,7 +102,7 @@ def test_bad_lm_input_fails_clearly(lm_model, tmp_path):
 
 def _publish(store_dir, tiny_repo, name, lm: bool):
     from brogue.adapters import publish_adapter
-    from brogue.export.nemo_export import fingerprint
+    from brogue.export.nemo_model import fingerprint
 
     return publish_adapter(store_dir, next(iter(tiny_repo.arrays.values())), name=name, version="v1",
                            base_fingerprint=fingerprint(tiny_repo.model),

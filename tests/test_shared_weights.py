@@ -17,7 +17,8 @@ import torch
 from brogue.engine.runner import StreamingRunner
 from brogue.engine.weights import SharedWeights, WeightsError
 from brogue.export.configs import build_model
-from brogue.export.nemo_export import ExportError, base_state, export_model
+from brogue.export.nemo_export import export_model
+from brogue.export.nemo_model import ExportError, base_state
 from nemo_reference import make_talkative, nemo_streaming
 
 pytestmark = pytest.mark.nemo

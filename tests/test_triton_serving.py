@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from brogue.adapters import publish_adapter
 from brogue.clients.triton_sequence import TritonSequence
-from brogue.export.nemo_export import fingerprint
+from brogue.export.nemo_model import fingerprint
 from brogue.server.tritonserver import TritonProcess
 from conftest import _random_arrays, model_config, reference_run, speechlike
 

@@ -120,7 +120,7 @@ def soak(
     import json
     import tempfile
 
-    from brogue.bench.faults import soak as run_soak
+    from brogue.bench.soak import soak as run_soak
     from brogue.bench.run import load_clips
 
     clip_list = load_clips(clips or _clips_default())

@@ -24,7 +24,8 @@ def export(
     fp16: bool = typer.Option(False, help="TensorRT: allow fp16 kernels."),
 ):
     """Export a .nemo model to ONNX graphs (+ adapter bank inputs) and model.json."""
-    from brogue.export.nemo_export import ExportError, export_model
+    from brogue.export.nemo_export import export_model
+    from brogue.export.nemo_model import ExportError
 
     try:
         meta = export_model(model, out, head=head, max_adapter_dim=max_adapter_dim, name=name)

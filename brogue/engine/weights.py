@@ -6,7 +6,7 @@ decoder and joint) once, into ``weights.bin``, indexed by ``weights.json`` (:mod
 file is refused before anything runs), maps it read-only, and wraps each tensor in an ORT
 ``OrtValue`` without copying. Each session then takes its graph's initializers from those values
 (``SessionOptions.add_initializer``) instead of reading its own copy, with MLAS prepacking off, since
-prepacking would give each session a private packed copy again (``shared/notes/ort-weight-sharing.md``).
+prepacking would give each session a private packed copy again (measured: docs/performance.md).
 The mapping is file-backed, so the pages are shared by every session of the process and by every
 process (Triton model instances) that maps the same file.
 """

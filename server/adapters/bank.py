@@ -2,7 +2,7 @@
 
 Like vLLM's ``lora/``, Brogue keeps three things apart: a request's reference to an adapter
 (:class:`~brogue.adapters.AdapterRef`), the weights of one adapter (read and validated by
-:class:`~brogue.server.adapters.AdapterStore`), and the manager of slots, :class:`AdapterBank`.
+:class:`~brogue.adapters.store.AdapterStore`), and the manager of slots, :class:`AdapterBank`.
 The encoder only sees one slot id per batch row (``adapter_ids``).
 
 **Slots.** The bank manages slots ``1 .. S-1`` of a :class:`~brogue.engine.adapter_bank.BankTensors`;
@@ -40,6 +40,9 @@ network storage or an fsspec URL would take far longer. That is too long to bloc
 - :meth:`~AdapterBank.acquire`: blocks until the adapter is loaded, for scripts and tests.
 - :meth:`~AdapterBank.acquire_async`: awaits the load, for asyncio callers.
 - :meth:`~AdapterBank.prefetch`: loads without a stream, in the background.
+
+At about 400 lines it is one job: the slot table, its claims and its background loads change
+together under one lock, so they stay in one file.
 """
 
 from __future__ import annotations
