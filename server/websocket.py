@@ -257,7 +257,8 @@ class WebSocketFrontEnd:
         try:
             await asyncio.wait_for(ws.send(json.dumps(msg)), self.limits.send_seconds)
         except asyncio.TimeoutError:
-            raise StreamError(ErrorCode.SLOW_CLIENT, f"client did not read results for {self.limits.send_seconds:g} s") from None
+            raise StreamError(ErrorCode.SLOW_CLIENT,
+                              f"client did not read results for {self.limits.send_seconds:g} s") from None
 
     async def _fail(self, ws: ServerConnection, e: StreamError) -> None:
         log.info("stream error (%s): %s", e.code, e)

@@ -17,7 +17,8 @@ import os
 # does one per chunk: one thread unless the caller chose otherwise (docs/performance.md).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from . import model, serving, streaming, data, adapters, bench  # noqa: E402,F401,I001 - each registers its commands, in --help order
+# Each module registers its commands when imported, in this order (the order of --help).
+from . import model, serving, streaming, data, adapters, bench  # noqa: E402,F401,I001
 from .common import app  # noqa: E402
 
 __all__ = ["app"]
