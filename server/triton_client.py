@@ -26,12 +26,20 @@ from brogue.errors import ErrorCode, split_tag
 log = logging.getLogger(__name__)
 
 
+# gRPC statuses of a stream call that mean the call to Triton broke, not that Triton refused a
+# request (the model's refusals come as stream replies, with no status): UNAVAILABLE, and INTERNAL
+# "Internal error from Core", which gRPC's C-core gives for a connection torn down mid-call (a killed
+# tritonserver). CANCELLED is not one: the gateway cancels the calls of clients that vanish.
+TRANSPORT_STATUSES = ("UNAVAILABLE", "INTERNAL")
+
+
 def _transport_down(status: str, message: str) -> bool:
-    """Whether an untagged error says the connection to Triton failed: gRPC's UNAVAILABLE status,
-    or tritonclient's wording of a connection failure on a stream (which has no status)."""
+    """Whether an untagged error says the connection to Triton failed: a gRPC status of
+    :data:`TRANSPORT_STATUSES`, or tritonclient's wording of a connection failure on a stream (which
+    has no status)."""
     low = message.lower()
-    return "UNAVAILABLE" in status or any(s in low for s in ("failed to connect", "connection refused",
-                                                             "socket closed"))
+    return any(s in status for s in TRANSPORT_STATUSES) or any(
+        s in low for s in ("failed to connect", "connection refused", "socket closed"))
 
 
 def channel_args(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:
@@ -65,7 +73,8 @@ class TritonUnavailable(ConnectionError):
 
 class SequenceError(RuntimeError):
     """Triton refused a request of this stream: ``code`` is the model's (an untagged refusal, from
-    Triton itself, is ``bad_request``), the message the model's without its tag."""
+    Triton itself, is ``internal``: the gateway only sends well-formed requests), the message the
+    model's without its tag."""
 
     def __init__(self, code: ErrorCode, message: str):
         super().__init__(message)
@@ -186,7 +195,8 @@ class Sequence:
         if self.started and (code is ErrorCode.NO_STATE or (code is None and TRITON_UNKNOWN_SEQUENCE in msg)):
             # Triton restarted (or swept the sequence) under a live stream: its state is gone
             return TritonUnavailable(f"Triton at {self.url} lost this stream's state (restarted?): {text}")
-        return SequenceError(code or ErrorCode.BAD_REQUEST, text)
+        # Untagged and not the transport: Triton itself refused what the gateway sent, a bug here.
+        return SequenceError(code or ErrorCode.INTERNAL, text)
 
     async def close(self) -> None:
         """Release the gRPC stream (Triton frees the state on END, or sweeps it after idling); the

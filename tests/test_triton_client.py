@@ -35,3 +35,30 @@ def test_streams_share_one_channel_per_instance_and_closing_a_stream_keeps_it(tr
         assert pool._clients == {}
 
     asyncio.run(main())
+
+
+def test_errors_are_routed_by_their_code_and_a_broken_call_is_triton_going_away():
+    """The model's refusals carry a code; an untagged error on a stream is either the transport
+    breaking (a killed Triton: UNAVAILABLE, or INTERNAL "Internal error from Core") or a bug."""
+    from tritonclient.utils import InferenceServerException
+
+    from brogue.errors import ErrorCode, tagged
+    from brogue.server.triton_client import SequenceError, TritonUnavailable
+
+    async def main():
+        pool = TritonPool(["127.0.0.1:1"])
+        seq = pool.open()
+        seq.started = True
+        full = seq._classify(InferenceServerException(tagged(ErrorCode.CAPACITY, "stream capacity reached: ...")))
+        assert isinstance(full, SequenceError) and full.code is ErrorCode.CAPACITY
+        assert str(full) == "stream capacity reached: ..."
+        assert pool.ready_urls() == ["127.0.0.1:1"]  # a refusal is not Triton going away
+        lost = seq._classify(InferenceServerException(tagged(ErrorCode.NO_STATE, "sequence 1 has no state")))
+        assert isinstance(lost, TritonUnavailable)  # a live stream whose state is gone: Triton restarted
+        bug = seq._classify(InferenceServerException("unexpected inference input 'X'"))
+        assert isinstance(bug, SequenceError) and bug.code is ErrorCode.INTERNAL
+        down = seq._classify(InferenceServerException("Internal error from Core", status="StatusCode.INTERNAL"))
+        assert isinstance(down, TritonUnavailable) and pool.ready_urls() == []
+        await pool.close()
+
+    asyncio.run(main())
