@@ -10,6 +10,7 @@ The committed repository is never written to.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,21 @@ from brogue.adapters import read_adapter
 from brogue.engine.metadata import ModelMeta
 
 ADMIN_TOKEN = "bench-admin-token"
+
+
+def _parameter_re(key: str) -> re.Pattern:
+    return re.compile(rf'(key: "{key}", value: \{{ string_value: )"([^"]*)"')
+
+
+def parameter(config: str, key: str) -> str | None:
+    """The value of ``parameters`` entry ``key`` in a config.pbtxt's text, or None."""
+    m = _parameter_re(key).search(config)
+    return None if m is None else m.group(2)
+
+
+def set_parameter(config: str, key: str, value) -> str:
+    """``config`` (config.pbtxt text) with ``parameters`` entry ``key`` set to ``value``."""
+    return _parameter_re(key).sub(lambda m: f'{m.group(1)}"{value}"', config)
 
 
 @dataclass(frozen=True)
@@ -73,12 +89,10 @@ class Stack(GatewayAddresses):
         store.mkdir(exist_ok=True)
         cfg = (self.root / "asr_streaming" / "config.pbtxt").read_text()
         cfg = cfg.replace('string_value: "exported/demo"', f'string_value: "exported/{self.model}"')
-        import re
-
-        cfg = re.sub(r'(key: "BANK_SLOTS", value: \{ string_value: )"\d+"', rf'\1"{self.bank_slots}"', cfg)
-        cfg = re.sub(r'(key: "DECODER", value: \{ string_value: )"\w+"', rf'\1"{self.decoder}"', cfg)
+        cfg = set_parameter(cfg, "BANK_SLOTS", self.bank_slots)
+        cfg = set_parameter(cfg, "DECODER", self.decoder)
         if self.threads is not None:
-            cfg = re.sub(r'(key: "INTRA_OP_THREADS", value: \{ string_value: )"\d+"', rf'\1"{self.threads}"', cfg)
+            cfg = set_parameter(cfg, "INTRA_OP_THREADS", self.threads)
         if self.queue_delay_us is not None:
             cfg = re.sub(r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {self.queue_delay_us}", cfg)
         (self.root / "asr_streaming" / "config.pbtxt").write_text(cfg)
@@ -115,11 +129,7 @@ class Stack(GatewayAddresses):
     @property
     def intra_op_threads(self) -> int:
         """The INTRA_OP_THREADS asr_streaming runs with (0: ORT's default, one per core)."""
-        import re
-
-        m = re.search(r'key: "INTRA_OP_THREADS", value: \{ string_value: "(\d+)"',
-                      (self.root / "asr_streaming" / "config.pbtxt").read_text())
-        return int(m.group(1)) if m else 0
+        return int(parameter((self.root / "asr_streaming" / "config.pbtxt").read_text(), "INTRA_OP_THREADS") or 0)
 
     @property
     def tenants_file(self) -> Path:
