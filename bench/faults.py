@@ -278,8 +278,8 @@ def slow_client(stack: Stack, clips: list[Clip], n: int = 4, audio_s: float = 60
                 timeout: float = 180) -> dict:
     """A client that never reads, beside ``n`` normal callers: it must be dropped and counted as
     ``slow_client``, either when its results fill the bounded buffers and a send waits longer than
-    the send timeout, or, with little to read, when its unanswered keepalive pings time out (20 + 20
-    s); the callers must not notice, and the gateway's RSS must not grow with what it did not read."""
+    the send timeout, or, with little to read, when its unanswered keepalive pings time out (twice
+    ``brogue serve --keepalive-seconds``, 20 + 20 s by default); the callers must not notice, and the gateway's RSS must not grow with what it did not read."""
     one = b"".join(c.pcm16 for c in clips)
     audio = (one * int(audio_s * 32000 / len(one) + 1))[: int(audio_s * 32000)]
     _, rss0 = tree_usage(stack.gateway.pid)

@@ -66,6 +66,7 @@ class Stack(GatewayAddresses):
     threads: int | None = None  # asr_streaming's INTRA_OP_THREADS (None: the repository's)
     queue_delay_us: int | None = None  # the sequence batcher's max_queue_delay_microseconds (None: the repository's)
     owned_triton: bool = False  # `brogue serve` starts and supervises its own tritonserver
+    gateway_args: tuple[str, ...] = ()  # more `brogue serve` options (e.g. --keepalive-seconds 5)
     triton: TritonProcess | None = None
     gateway: subprocess.Popen | None = None
 
@@ -156,7 +157,8 @@ class Stack(GatewayAddresses):
         cmd = [sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(self.root),
                "--model-dir", str(self.root / "exported" / self.model), "--tenants", str(self.tenants_file),
                *([] if self.owned_triton else ["--triton-url", self.triton.grpc_url]), "--http-port", str(self.http_port),
-               "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port), "--log-level", "WARNING"]
+               "--grpc-port", str(self.grpc_port), "--admin-port", str(self.admin_port), "--log-level", "WARNING",
+               *self.gateway_args]
         self.gateway = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_until_healthy(self.gateway, self.http_port, self.workdir / "gateway.log", timeout=timeout)
 

@@ -89,7 +89,8 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
             await server.start()
             servers.append(server)
     ws_server = await ws_serve(front.handler, listen.host, listen.http_port, process_request=front.process_request,
-                               max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=20, ping_timeout=20,
+                               max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=limits.keepalive_seconds,
+                               ping_timeout=limits.keepalive_seconds,
                                logger=handshake_logger())
     scheme = "wss" if ssl_ctx else "ws"
     log.info("gateway: %s://%s:%d/v1/stream, page and /metrics on the same port; gRPC %s; admin %s",

@@ -51,6 +51,9 @@ class ConnectionLimits:
     idle_seconds: float = 30.0
     config_seconds: float = 10.0
     send_seconds: float = 10.0  # a client that does not read its results for this long is dropped
+    # WebSocket ping every keepalive_seconds; no pong within as long again closes the connection
+    # (1011, counted as slow_client): a client that stops reading also stops answering pings.
+    keepalive_seconds: float = 20.0
     # Kernel send buffer of each connection: with the library's 32 KiB write limit, what a client that
     # stops reading can make the gateway hold (results are small: 64 KiB is seconds of them).
     send_buffer_bytes: int = 64 << 10

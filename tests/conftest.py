@@ -1,7 +1,15 @@
-"""Shared fixtures: a tiny exported model with adapters in a store, and a real tritonserver on it."""
+"""Shared fixtures: the committed demo export with its adapters in a store, and a real
+tritonserver and gateway on it.
+
+Serving tests run on what users run: ``model_repo/exported/demo`` and its trained adapters, on
+real speech (the committed demo clips), with no NeMo and no torch. Tests of the export itself make
+their own models (tests/nemo_reference.py, ``export.configs.build_model``).
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -12,22 +20,27 @@ import pytest
 from brogue.server.gateway_process import GatewayAddresses, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
-ADAPTER_NAMES = ["scot", "carib", "med", "indian", "ger", "span", "legal", "fin"]
+DEMO_REPO = REPO / "model_repo"
+DEMO_CLIPS = REPO / "tests" / "data" / "demo"
+# short test names -> the committed, trained adapters; the others are random (a distinct, garbling
+# effect each), so that a bank fuller than the demo's five can be tested
+TRAINED = {"scot": "scottish", "carib": "caribbean", "med": "medical", "indian": "indian", "ger": "german"}
+ADAPTER_NAMES = [*TRAINED, "span", "legal", "fin"]
 
 
 @dataclass
-class TinyRepo:
-    """A Triton model repository like model_repo/, around a tiny exported model."""
+class ServingRepo:
+    """A Triton model repository like model_repo/: the demo export, an adapter store, asr_streaming."""
 
     root: Path
     model_dir: Path
     store_dir: Path
-    refs: dict  # adapter name -> "name@v1"
-    arrays: dict  # adapter name -> store arrays (v1)
-    model: object  # the NeMo model (adapters disabled)
+    refs: dict  # test name -> "name@v1"
+    arrays: dict  # test name -> the adapter's arrays (ln_weight, ln_bias, down, up)
+    fingerprint: str  # the exported model's
 
 
-def _random_arrays(rng, n_layers, d_model, dim):
+def random_adapter_arrays(rng, n_layers, d_model, dim):
     return {
         "ln_weight": (1.0 + 0.2 * rng.standard_normal((n_layers, d_model))).astype(np.float32),
         "ln_bias": (0.2 * rng.standard_normal((n_layers, d_model))).astype(np.float32),
@@ -37,8 +50,10 @@ def _random_arrays(rng, n_layers, d_model, dim):
 
 
 def model_config(root: Path, name: str, **params) -> None:
-    """Copy model_repo/asr_streaming into ``root/name``, renamed, with some parameters changed."""
-    src = REPO / "model_repo" / "asr_streaming"
+    """Copy model_repo/asr_streaming into ``root/name``, renamed, with some parameters changed. It
+    decodes greedily unless ``DECODER`` is given: the in-process references are greedy."""
+    params.setdefault("DECODER", "greedy")
+    src = DEMO_REPO / "asr_streaming"
     dst = root / name
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     cfg = (dst / "config.pbtxt").read_text().replace('name: "asr_streaming"', f'name: "{name}"')
@@ -49,57 +64,76 @@ def model_config(root: Path, name: str, **params) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory) -> TinyRepo:
-    """A tiny CTC model (random weights, made to emit tokens), exported, with 8 adapters v1."""
-    import torch
-    from brogue.export.configs import build_model
-    from brogue.export.nemo_export import export_model
-    from brogue.export.nemo_model import fingerprint
-    from nemo_reference import make_talkative
-
-    from brogue.adapters import publish_adapter
+def demo_repo(tmp_path_factory) -> ServingRepo:
+    """The committed demo export and its five trained adapters (v1), plus three random ones, in a
+    repository whose asr_streaming decodes greedily (the in-process reference does too)."""
+    from brogue.adapters import publish_adapter, read_adapter
+    from brogue.engine.metadata import ModelMeta
 
     root = tmp_path_factory.mktemp("repo")
-    torch.manual_seed(0)
-    model = build_model("ctc", d_model=64, n_layers=2, n_heads=2, att_context_size=[16, 7]).eval()
-    make_talkative(model)
     model_dir = root / "exported" / "demo"
-    export_model(model, model_dir, max_adapter_dim=16)
-    fp = fingerprint(model)
-    rng = np.random.default_rng(11)
+    shutil.copytree(DEMO_REPO / "exported" / "demo", model_dir)
+    store = root / "adapters"
+    meta = ModelMeta.load(model_dir)
     refs, arrays = {}, {}
-    for name in ADAPTER_NAMES:
-        arrays[name] = _random_arrays(rng, 2, 64, 8)
-        m = publish_adapter(root / "adapters", arrays[name], name=name, version="v1", kind="test",
-                            base_fingerprint=fp)
-        refs[name] = f"{m.name}@{m.version}"
+    for short, name in TRAINED.items():
+        shutil.copytree(DEMO_REPO / "adapters" / name, store / name)
+        w = read_adapter(store / name / "v1", None)
+        arrays[short] = {"ln_weight": w.ln_weight, "ln_bias": w.ln_bias, "down": w.down, "up": w.up}
+        refs[short] = f"{name}@v1"
+    rng = np.random.default_rng(11)
+    for short in ADAPTER_NAMES[len(TRAINED):]:
+        arrays[short] = random_adapter_arrays(rng, meta.n_layers, meta.d_model, 8)
+        m = publish_adapter(store, arrays[short], name=short, version="v1", kind="test",
+                            base_fingerprint=meta.fingerprint)
+        refs[short] = f"{m.name}@{m.version}"
     model_config(root, "asr_streaming")
-    return TinyRepo(root, model_dir, root / "adapters", refs, arrays, model)
+    return ServingRepo(root, model_dir, store, refs, arrays, meta.fingerprint)
 
 
-def reference_run(tiny_repo: TinyRepo, audio: np.ndarray, arrays: dict | None = None):
-    """``audio`` (16 kHz) streamed alone through the in-process runner, with ``arrays`` in slot 1 (or
-    the base model): the reference every served result is compared with. Returns (runner, tokens)."""
+@functools.cache
+def _reference_runner(model_dir: str):
     from brogue.engine.runner import StreamingRunner
 
-    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
+    return StreamingRunner(model_dir, slots=2, decoder="greedy")
+
+
+def reference_run(repo: ServingRepo, audio: np.ndarray, arrays: dict | None = None):
+    """``audio`` (16 kHz) streamed alone through the in-process runner, with ``arrays`` in slot 1 (or
+    the base model): the reference every served result is compared with. Returns (runner, tokens)."""
+    runner = _reference_runner(str(repo.model_dir))
     if arrays is not None:
         runner.bank.write(1, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
     (st,) = runner.transcribe([audio], [0 if arrays is None else 1])
     return runner, st.tokens
 
 
-def reference_text(tiny_repo: TinyRepo, audio: np.ndarray, adapter: str | None = None) -> str:
+def reference_text(repo: ServingRepo, audio: np.ndarray, adapter: str | None = None) -> str:
     """The reference transcript of ``audio`` with the adapter named ``adapter`` (or the base model)."""
-    runner, tokens = reference_run(tiny_repo, audio, tiny_repo.arrays[adapter] if adapter else None)
+    runner, tokens = reference_run(repo, audio, repo.arrays[adapter] if adapter else None)
     return runner.detok.decode(tokens)
 
 
-def speechlike(rng, seconds: float) -> np.ndarray:
-    """Random noise bursts (the tiny models are untrained: any signal will do, but vary it)."""
-    n = int(seconds * 16000)
-    env = np.repeat(rng.uniform(0.0, 0.3, size=n // 1600 + 1), 1600)[:n]
-    return (rng.standard_normal(n) * env).astype(np.float32)
+@functools.cache
+def _demo_clips() -> tuple[np.ndarray, ...]:
+    import soundfile as sf
+
+    rows = [json.loads(line) for line in (DEMO_CLIPS / "manifest.json").read_text().splitlines() if line.strip()]
+    return tuple(sf.read(DEMO_CLIPS / r["audio_filepath"], dtype="float32")[0] for r in rows)
+
+
+def demo_speech(rng, seconds: float) -> np.ndarray:
+    """``seconds`` of real speech (16 kHz float32): the committed demo clips, one per accent set, in
+    a random order, each from a random offset in its first third, with pauses of 0.1-0.4 s between."""
+    clips, n = _demo_clips(), int(seconds * 16000)
+    parts, total = [], 0
+    while total < n:
+        clip = clips[int(rng.integers(len(clips)))]
+        part = clip[int(rng.integers(0, len(clip) // 3)):]
+        gap = np.zeros(int(rng.uniform(0.1, 0.4) * 16000), np.float32)
+        parts += [part, gap]
+        total += len(part) + len(gap)
+    return np.concatenate(parts)[:n]
 
 
 # -- a real tritonserver and a real gateway (`brogue serve`) on loopback ----------------------------
@@ -141,7 +175,7 @@ class RunningGateway(GatewayAddresses):
         return self.log_file.read_text(errors="replace")
 
 
-def start_gateway(repo: TinyRepo, triton_url: str, tmp: Path, extra=()) -> RunningGateway:
+def start_gateway(repo: ServingRepo, triton_url: str, tmp: Path, extra=()) -> RunningGateway:
     """`brogue serve --triton-url ...` as a subprocess; waits until its ports answer."""
     import subprocess
     import sys
@@ -168,18 +202,18 @@ def stop_gateway(gw: RunningGateway) -> None:
 
 
 @pytest.fixture(scope="session")
-def triton_server(tiny_repo):
+def triton_server(demo_repo):
     from brogue.server.tritonserver import TritonProcess
 
-    server = TritonProcess(tiny_repo.root, models=("asr_streaming",))
+    server = TritonProcess(demo_repo.root, models=("asr_streaming",))
     server.start(timeout=240)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def gateway(tiny_repo, triton_server, tmp_path_factory):
-    gw = start_gateway(tiny_repo, triton_server.grpc_url, tmp_path_factory.mktemp("gateway"))
+def gateway(demo_repo, triton_server, tmp_path_factory):
+    gw = start_gateway(demo_repo, triton_server.grpc_url, tmp_path_factory.mktemp("gateway"))
     gw.triton = triton_server
     yield gw
     stop_gateway(gw)

@@ -190,19 +190,19 @@ def test_adapt_refuses_a_manifest_with_missing_audio(tmp_path):
     assert "nope.wav" in res.output and not (tmp_path / "store").exists()
 
 
-def test_eval_resolves_relative_paths_and_ends_with_the_score_line(tiny_repo, tmp_path, monkeypatch):
+def test_eval_resolves_relative_paths_and_ends_with_the_score_line(demo_repo, tmp_path, monkeypatch):
     manifest = _tone_manifest(tmp_path / "data")
     monkeypatch.chdir(tmp_path)  # relative audio paths must be read from the manifest's folder, not the cwd
-    res = CliRunner().invoke(app, ["eval", str(manifest), "--model-dir", str(tiny_repo.model_dir),
-                                   "--store", str(tiny_repo.store_dir), "--adapter", tiny_repo.refs["med"]])
+    res = CliRunner().invoke(app, ["eval", str(manifest), "--model-dir", str(demo_repo.model_dir),
+                                   "--store", str(demo_repo.store_dir), "--adapter", demo_repo.refs["med"]])
     assert res.exit_code == 0, res.output
     last = res.output.strip().splitlines()[-1]
     assert LAST_LINE.match(last), last
-    assert f"adapter {tiny_repo.refs['med']}" in res.output
+    assert f"adapter {demo_repo.refs['med']}" in res.output
 
 
-def test_eval_fails_loudly_on_a_missing_adapter(tiny_repo, tmp_path):
+def test_eval_fails_loudly_on_a_missing_adapter(demo_repo, tmp_path):
     manifest = _tone_manifest(tmp_path / "data")
-    res = CliRunner().invoke(app, ["eval", str(manifest), "--model-dir", str(tiny_repo.model_dir),
-                                   "--store", str(tiny_repo.store_dir), "--adapter", "nobody@v1"])
+    res = CliRunner().invoke(app, ["eval", str(manifest), "--model-dir", str(demo_repo.model_dir),
+                                   "--store", str(demo_repo.store_dir), "--adapter", "nobody@v1"])
     assert res.exit_code == 2 and "nobody" in res.output

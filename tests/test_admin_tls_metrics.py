@@ -1,6 +1,6 @@
 """Admin API, tenants hot reload, loopback admin, TLS and /metrics, end to end.
 
-A real tritonserver (nvidia-pytriton's binary) serves the tiny exported model; `brogue serve
+A real tritonserver (nvidia-pytriton's binary) serves the committed demo model; `brogue serve
 --triton-url ...` runs as a subprocess (the ``gateway`` fixture, and a second one with TLS). Streams go
 over WebSocket and their transcripts are compared with the in-process reference runner streaming the
 same audio with the same adapter. Nothing here skips: a missing tool or service fails the test.
@@ -30,12 +30,11 @@ from websockets.exceptions import InvalidStatus
 from brogue.adapters import write_adapter
 from brogue.clients.admin import AdminClient, AdminClientError, PushRequest
 from brogue.engine.metadata import ModelMeta
-from brogue.engine.runner import StreamingRunner
-from brogue.engine.vocab import Detokenizer
 from brogue.server.protos import brogue_admin_pb2 as pb
 from brogue.server.protos import brogue_admin_pb2_grpc as pb_grpc
 from brogue.server.tenants import key_hash
-from conftest import ADMIN_TOKEN, DEMO_KEYS, _random_arrays, speechlike, start_gateway, stop_gateway
+from conftest import (ADMIN_TOKEN, DEMO_KEYS, demo_speech, random_adapter_arrays, reference_run, start_gateway,
+                      stop_gateway)
 
 pytestmark = pytest.mark.nemo
 
@@ -53,16 +52,10 @@ def pcm16(audio: np.ndarray) -> np.ndarray:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2")
 
 
-def reference_text(tiny_repo, pcm: np.ndarray, arrays=None) -> str:
+def reference_text(demo_repo, pcm: np.ndarray, arrays=None) -> str:
     """What the reference runner transcribes from ``pcm`` (as the gateway decodes it) with ``arrays``."""
-    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
-    slot = 0
-    if arrays is not None:
-        runner.bank.write(1, arrays["ln_weight"], arrays["ln_bias"], arrays["down"], arrays["up"])
-        slot = 1
-    (st,) = runner.transcribe([pcm.astype(np.float32) / 32768.0], [slot])
-    meta = ModelMeta.load(tiny_repo.model_dir)
-    return Detokenizer(meta.tokens, meta.vocab_kind).decode(st.tokens)
+    runner, tokens = reference_run(demo_repo, pcm.astype(np.float32) / 32768.0, arrays)
+    return runner.detok.decode(tokens)
 
 
 async def ws_stream(url, key, pcm, *, ssl_ctx=None, frame=3200, pace=0.05, halfway=None, resume=None,
@@ -147,19 +140,19 @@ def metric_value(text: str, name: str, **labels) -> float:
 
 # -- admin publish ---------------------------------------------------------------------------------
 
-def test_publish_validates_and_refuses_bad_adapters_without_touching_the_store(gateway, tiny_repo):
-    gw, store = gateway, tiny_repo.store_dir
+def test_publish_validates_and_refuses_bad_adapters_without_touching_the_store(gateway, demo_repo):
+    gw, store = gateway, demo_repo.store_dir
     rng = np.random.default_rng(21)
-    good = _random_arrays(rng, 2, 64, 8)
+    good = random_adapter_arrays(rng, 6, 144, 8)
 
     before = store_snapshot(store)
     garbage = b"\x10\x00\x00\x00\x00\x00\x00\x00this is not a safetensors file"
     bad_cases = {
         "not_safetensors": garbage,
         "pickle": pickle.dumps({"down": [1.0, 2.0]}),
-        "d_model": safetensors_bytes(_random_arrays(rng, 2, 32, 8)),
-        "layers": safetensors_bytes(_random_arrays(rng, 3, 64, 8)),
-        "too_large": safetensors_bytes(_random_arrays(rng, 2, 64, 32)),
+        "d_model": safetensors_bytes(random_adapter_arrays(rng, 6, 32, 8)),
+        "layers": safetensors_bytes(random_adapter_arrays(rng, 5, 144, 8)),
+        "too_large": safetensors_bytes(random_adapter_arrays(rng, 6, 144, 128)),
         "non_finite": safetensors_bytes({**good, "up": np.full_like(good["up"], np.nan)}),
         "tensors": safetensors_bytes({k: v for k, v in good.items() if k != "up"}),
         "truncated": safetensors_bytes(good)[:-100],
@@ -184,7 +177,7 @@ def test_publish_validates_and_refuses_bad_adapters_without_touching_the_store(g
     for token in WRONG_TOKENS:
         with admin(gw, token) as c:
             for call in (lambda: c.publish(PushRequest("adm-a", "v1", "", "", safetensors_bytes(good))),
-                         lambda: c.assign("scot", tiny_repo.refs["med"]), c.tenants, c.adapters):
+                         lambda: c.assign("scot", demo_repo.refs["med"]), c.tenants, c.adapters):
                 with pytest.raises(AdminClientError) as e:
                     call()
                 assert e.value.code == "UNAUTHENTICATED", e.value
@@ -200,17 +193,17 @@ def test_publish_validates_and_refuses_bad_adapters_without_touching_the_store(g
 
     # a valid adapter is stored, validated, and listed
     m = push(gw, "adm-a", good, description="admin test")
-    meta = ModelMeta.load(tiny_repo.model_dir)
-    assert (m.ref, m.dim, m.n_layers, m.d_model) == ("adm-a@v1", 8, 2, 64)
+    meta = ModelMeta.load(demo_repo.model_dir)
+    assert (m.ref, m.dim, m.n_layers, m.d_model) == ("adm-a@v1", 8, 6, 144)
     assert m.base_fingerprint == meta.fingerprint
     assert (store / "adm-a" / "v1" / "adapter.safetensors").read_bytes() == safetensors_bytes(good)
     with admin(gw) as c:
         listed = {a.ref: a for a in c.adapters()}
         assert listed["adm-a@v1"].sha256 == m.sha256 and not listed["adm-a@v1"].error
-        assert listed[tiny_repo.refs["scot"]].tenants == ["scot"]
+        assert listed[demo_repo.refs["scot"]].tenants == ["scot"]
         # a duplicate is refused, whatever its content: entries are immutable
         with pytest.raises(AdminClientError) as e:
-            c.publish(PushRequest("adm-a", "v1", "", "", safetensors_bytes(_random_arrays(rng, 2, 64, 8))))
+            c.publish(PushRequest("adm-a", "v1", "", "", safetensors_bytes(random_adapter_arrays(rng, 6, 144, 8))))
         assert e.value.code == "ALREADY_EXISTS", e.value
         # no version: a content version
         m2 = c.publish(PushRequest("adm-b", "", "", "", safetensors_bytes(good)))
@@ -228,10 +221,10 @@ def test_publish_validates_and_refuses_bad_adapters_without_touching_the_store(g
     assert (store / "adm-a" / "v1" / "adapter.safetensors").read_bytes() == safetensors_bytes(good)
 
 
-def test_cli_push_assign_list(gateway, tiny_repo, tmp_path):
+def test_cli_push_assign_list(gateway, demo_repo, tmp_path):
     gw = gateway
-    arrays = _random_arrays(np.random.default_rng(31), 2, 64, 4)
-    meta = ModelMeta.load(tiny_repo.model_dir)
+    arrays = random_adapter_arrays(np.random.default_rng(31), 6, 144, 4)
+    meta = ModelMeta.load(demo_repo.model_dir)
     entry = tmp_path / "entry"
     write_adapter(entry, arrays, name="cli-entry", version="v3", kind="accent",
                   base_fingerprint=meta.fingerprint)
@@ -267,16 +260,16 @@ def test_cli_push_assign_list(gateway, tiny_repo, tmp_path):
     assert {t["name"]: t["adapter"] for t in listing["tenants"]}["carib"] == "cli-file@v1"
     r = cli("list", "--admin", gw.admin_url)  # the table form
     assert r.returncode == 0 and "cli-entry@v3" in r.stdout, r.stderr
-    r = cli("assign", "carib", tiny_repo.refs["carib"], "--admin", gw.admin_url)
+    r = cli("assign", "carib", demo_repo.refs["carib"], "--admin", gw.admin_url)
     assert r.returncode == 0, r.stderr
 
 
-def test_push_carries_a_domain_lm_and_refuses_a_bad_one(gateway, tiny_repo, tmp_path):
+def test_push_carries_a_domain_lm_and_refuses_a_bad_one(gateway, demo_repo, tmp_path):
     from brogue.engine.lm import read_text
 
-    gw, store = gateway, tiny_repo.store_dir
-    arrays = _random_arrays(np.random.default_rng(41), 2, 64, 4)
-    meta = ModelMeta.load(tiny_repo.model_dir)
+    gw, store = gateway, demo_repo.store_dir
+    arrays = random_adapter_arrays(np.random.default_rng(41), 6, 144, 4)
+    meta = ModelMeta.load(demo_repo.model_dir)
     entry = tmp_path / "entry"
     write_adapter(entry, arrays, name="lm-entry", version="v1", kind="domain", base_fingerprint=meta.fingerprint,
                   lm_sentences=["give warfarin daily", "stop the heparin"], lm_weight=0.3)
@@ -308,13 +301,13 @@ def test_push_carries_a_domain_lm_and_refuses_a_bad_one(gateway, tiny_repo, tmp_
 
 # -- assign during live streams -------------------------------------------------------------------
 
-def test_assign_during_two_live_streams_keeps_them_and_switches_new_streams(gateway, tiny_repo):
+def test_assign_during_two_live_streams_keeps_them_and_switches_new_streams(gateway, demo_repo):
     gw = gateway
     rng = np.random.default_rng(41)
-    new_arrays = _random_arrays(rng, 2, 64, 8)
+    new_arrays = random_adapter_arrays(rng, 6, 144, 8)
     new_ref = push(gw, "adm-live", new_arrays).ref
-    old_ref = tiny_repo.refs["scot"]
-    audios = [pcm16(speechlike(rng, 3.0)) for _ in range(3)]
+    old_ref = demo_repo.refs["scot"]
+    audios = [pcm16(demo_speech(rng, 3.0)) for _ in range(3)]
 
     async def scenario():
         halfway = [asyncio.Event(), asyncio.Event()]
@@ -338,40 +331,40 @@ def test_assign_during_two_live_streams_keeps_them_and_switches_new_streams(gate
             c.assign("scot", old_ref)
     (r1, _, t1), (r2, _, t2), (r3, _, t3) = results
     assert r1["adapter"] == r2["adapter"] == old_ref and r3["adapter"] == new_ref, (r1, r2, r3)
-    old, new = tiny_repo.arrays["scot"], new_arrays
-    want = [reference_text(tiny_repo, audios[0], old), reference_text(tiny_repo, audios[1], old),
-            reference_text(tiny_repo, audios[2], new)]
+    old, new = demo_repo.arrays["scot"], new_arrays
+    want = [reference_text(demo_repo, audios[0], old), reference_text(demo_repo, audios[1], old),
+            reference_text(demo_repo, audios[2], new)]
     assert [t1, t2, t3] == want
     assert all(want), want
     # the adapters make a difference on this audio, else the comparison proves nothing
-    assert reference_text(tiny_repo, audios[2], old) != want[2]
-    assert reference_text(tiny_repo, audios[0], new) != want[0]
+    assert reference_text(demo_repo, audios[2], old) != want[2]
+    assert reference_text(demo_repo, audios[0], new) != want[0]
 
 
-def test_a_tenant_cannot_choose_an_adapter(gateway, tiny_repo):
+def test_a_tenant_cannot_choose_an_adapter(gateway, demo_repo):
     """Adapters come from the tenants file only: a config field naming one is refused, a query
     parameter naming one is ignored."""
     gw = gateway
-    pcm = pcm16(speechlike(np.random.default_rng(45), 1.0))
+    pcm = pcm16(demo_speech(np.random.default_rng(45), 1.0))
 
     async def scenario():
         async with connect(gw.ws_url, additional_headers=bearer(DEMO_KEYS["scot"])) as ws:
             await ws.send(json.dumps({"type": "config", "sample_rate": 16000, "encoding": "pcm16",
-                                      "adapter": tiny_repo.refs["carib"]}))
+                                      "adapter": demo_repo.refs["carib"]}))
             msg = json.loads(await ws.recv())
             assert (msg["type"], msg["code"]) == ("error", "bad_request") and "adapter" in msg["message"], msg
-        return await ws_stream(gw.ws_url + f"?adapter={tiny_repo.refs['carib']}", DEMO_KEYS["scot"], pcm)
+        return await ws_stream(gw.ws_url + f"?adapter={demo_repo.refs['carib']}", DEMO_KEYS["scot"], pcm)
 
     ready, _, text = asyncio.run(scenario())
-    assert ready["adapter"] == tiny_repo.refs["scot"]
-    assert text == reference_text(tiny_repo, pcm, tiny_repo.arrays["scot"])
+    assert ready["adapter"] == demo_repo.refs["scot"]
+    assert text == reference_text(demo_repo, pcm, demo_repo.arrays["scot"])
 
 
 # -- tenants file hot reload -------------------------------------------------------------------------
 
-def test_tenants_file_edits_apply_without_restart(gateway, tiny_repo):
+def test_tenants_file_edits_apply_without_restart(gateway, demo_repo):
     gw = gateway
-    pcm = pcm16(speechlike(np.random.default_rng(51), 1.0))
+    pcm = pcm16(demo_speech(np.random.default_rng(51), 1.0))
 
     async def refused(key):
         with pytest.raises(InvalidStatus) as e:
@@ -381,11 +374,11 @@ def test_tenants_file_edits_apply_without_restart(gateway, tiny_repo):
     asyncio.run(refused(NEW_KEY))
     original = gw.tenants_file.read_text()
     gw.tenants_file.write_text(original + f'\n[tenants.newcomer]\napi_keys_sha256 = ["{key_hash(NEW_KEY)}"]\n'
-                                          f'adapter = "{tiny_repo.refs["med"]}"\nmax_streams = 1\n')
+                                          f'adapter = "{demo_repo.refs["med"]}"\nmax_streams = 1\n')
     try:
         ready, _, text = asyncio.run(ws_stream(gw.ws_url, NEW_KEY, pcm))
-        assert (ready["tenant"], ready["adapter"]) == ("newcomer", tiny_repo.refs["med"])
-        assert text == reference_text(tiny_repo, pcm, tiny_repo.arrays["med"])
+        assert (ready["tenant"], ready["adapter"]) == ("newcomer", demo_repo.refs["med"])
+        assert text == reference_text(demo_repo, pcm, demo_repo.arrays["med"])
         # a bad edit is logged and ignored: the previous tenants stay in force
         gw.tenants_file.write_text(original + "\n[tenants.broken\n")
         ready, _, _ = asyncio.run(ws_stream(gw.ws_url, NEW_KEY, pcm))
@@ -447,7 +440,7 @@ def test_admin_port_is_bound_to_loopback(gateway):
 # -- TLS -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tls_gateway(tiny_repo, triton_server, tmp_path_factory):
+def tls_gateway(demo_repo, triton_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
     r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
@@ -455,21 +448,21 @@ def tls_gateway(tiny_repo, triton_server, tmp_path_factory):
                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    gw = start_gateway(tiny_repo, triton_server.grpc_url, tmp,
+    gw = start_gateway(demo_repo, triton_server.grpc_url, tmp,
                        extra=["--tls-cert", str(cert), "--tls-key", str(key)])
     gw.triton, gw.cert = triton_server, cert
     yield gw
     stop_gateway(gw)
 
 
-def test_tls_websocket_grpc_and_admin(tls_gateway, tiny_repo):
+def test_tls_websocket_grpc_and_admin(tls_gateway, demo_repo):
     gw = tls_gateway
     wss = gw.ws_url.replace("ws://", "wss://")
-    pcm = pcm16(speechlike(np.random.default_rng(61), 1.5))
+    pcm = pcm16(demo_speech(np.random.default_rng(61), 1.5))
     ctx = ssl.create_default_context(cafile=str(gw.cert))
     ready, _, text = asyncio.run(ws_stream(wss, DEMO_KEYS["carib"], pcm, ssl_ctx=ctx))
-    assert ready["adapter"] == tiny_repo.refs["carib"]
-    assert text == reference_text(tiny_repo, pcm, tiny_repo.arrays["carib"]) and text
+    assert ready["adapter"] == demo_repo.refs["carib"]
+    assert text == reference_text(demo_repo, pcm, demo_repo.arrays["carib"]) and text
 
     async def fails(url, ssl_ctx=None):
         try:
@@ -506,11 +499,11 @@ def test_tls_websocket_grpc_and_admin(tls_gateway, tiny_repo):
 
 # -- metrics and logs ---------------------------------------------------------------------------------
 
-def test_metrics_after_traffic_and_errors(gateway, tiny_repo):
+def test_metrics_after_traffic_and_errors(gateway, demo_repo):
     gw = gateway
     rng = np.random.default_rng(71)
     # speech, silence, speech, with the default endpointing knobs
-    audio = np.concatenate([speechlike(rng, 1.5), np.zeros(32000, np.float32), speechlike(rng, 1.5)])
+    audio = np.concatenate([demo_speech(rng, 1.5), np.zeros(32000, np.float32), demo_speech(rng, 1.5)])
     _, results, _ = asyncio.run(ws_stream(gw.ws_url, DEMO_KEYS["scot"], pcm16(audio), endpointing={}))
     kinds = [r["type"] for r in results]
     print("finals:", kinds.count("final"), "partials:", kinds.count("partial"))
@@ -541,8 +534,7 @@ def test_metrics_after_traffic_and_errors(gateway, tiny_repo):
     text = metrics_text(gw.http_port)
     assert metric_value(text, "brogue_active_streams", tenant="scot", api="ws") == 0  # all ended
     assert metric_value(text, "brogue_time_to_first_partial_seconds_count") > 0
-    # Every final is timed: the tiny untrained model never has a blank frame, so its finals come at
-    # the end of each stream's audio, and those count too.
+    # Every final is timed, those at the end of each stream's audio too.
     assert metric_value(text, "brogue_end_of_speech_to_final_seconds_count") >= kinds.count("final") >= 1
     assert "brogue_end_of_speech_to_final_seconds_bucket{le=" in text
     assert metric_value(text, "brogue_real_time_factor_count") > 0
@@ -555,7 +547,7 @@ def test_metrics_after_traffic_and_errors(gateway, tiny_repo):
 
 def test_active_streams_gauge_counts_live_streams(gateway):
     gw = gateway
-    pcm = pcm16(speechlike(np.random.default_rng(81), 2.0))
+    pcm = pcm16(demo_speech(np.random.default_rng(81), 2.0))
 
     async def scenario():
         halfway, resume = asyncio.Event(), asyncio.Event()

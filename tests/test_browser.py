@@ -97,7 +97,7 @@ def shoot(pg, path: Path, copy: bool = False) -> None:
         print(f"screenshot copy: {SCREENSHOT_COPY}")
 
 
-def test_microphone_stream_shows_partials_then_finals(page, gateway, tiny_repo, tmp_path):
+def test_microphone_stream_shows_partials_then_finals(page, gateway, demo_repo, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     pg = page
@@ -120,7 +120,7 @@ def test_microphone_stream_shows_partials_then_finals(page, gateway, tiny_repo, 
     kinds = [m["type"] for m in log]
     assert kinds[0] == "ready" and kinds[-1] == "end", kinds
     ready = log[0]
-    assert ready["tenant"] == TENANT and ready["adapter"] == tiny_repo.refs[TENANT], ready
+    assert ready["tenant"] == TENANT and ready["adapter"] == demo_repo.refs[TENANT], ready
     assert "partial" in kinds and kinds.index("partial") < kinds.index("final"), kinds
     assert f"tenant {TENANT}" in pg.text_content("#session")
     rate = int(pg.get_attribute("#rate", "data-rate"))
@@ -137,7 +137,7 @@ def test_microphone_stream_shows_partials_then_finals(page, gateway, tiny_repo, 
     assert words and [[w, round(c, 3)] for w, c in words] == want
 
 
-def test_page_code_path_gives_the_reference_transcript(page, gateway, tiny_repo, tmp_path):
+def test_page_code_path_gives_the_reference_transcript(page, gateway, demo_repo, tmp_path):
     rng = np.random.default_rng(22)
     for rate in (48000, 44100):
         audio = speech_with_pauses(rng, rate, pattern=((1.0, 0.4), (1.2, 0.6)))
@@ -154,7 +154,7 @@ def test_page_code_path_gives_the_reference_transcript(page, gateway, tiny_repo,
 
         dec = AudioDecoder("float32", rate)
         as_model = np.concatenate([dec.feed(audio.astype("<f4").tobytes()), dec.flush()])
-        want = reference_text(tiny_repo, as_model, TENANT)
+        want = reference_text(demo_repo, as_model, TENANT)
         got = "".join(m["transcript"] for m in msgs if m["type"] == "final")
         assert want and squash(got) == squash(want), (rate, got, want)
         assert squash("".join(page_finals(page))) == squash(want)

@@ -15,21 +15,21 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from brogue.asr_reply import CAPACITY_ERROR
-from conftest import DEMO_KEYS, model_config, reference_text, speechlike, start_gateway, stop_gateway
+from conftest import DEMO_KEYS, model_config, reference_text, demo_speech, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.nemo
 
 
 @pytest.fixture(scope="module")
-def two_slot_server(tiny_repo, tmp_path_factory):
-    """Triton serving the tiny model with a state pool of two rows (MAX_STREAMS=2)."""
+def two_slot_server(demo_repo, tmp_path_factory):
+    """Triton serving the demo model with a state pool of two rows (MAX_STREAMS=2)."""
     from brogue.server.tritonserver import TritonProcess
 
     root = tmp_path_factory.mktemp("two-slots")
-    (root / "exported").symlink_to(tiny_repo.root / "exported")
-    (root / "adapters").symlink_to(tiny_repo.store_dir)
+    (root / "exported").symlink_to(demo_repo.root / "exported")
+    (root / "adapters").symlink_to(demo_repo.store_dir)
     model_config(root, "asr_streaming", MAX_STREAMS="2", MAX_BATCH="2")
-    repo = dataclasses.replace(tiny_repo, root=root)
+    repo = dataclasses.replace(demo_repo, root=root)
     triton = TritonProcess(root, models=("asr_streaming",)).start(timeout=240)
     gw = start_gateway(repo, triton.grpc_url, tmp_path_factory.mktemp("gw"))
     yield gw
@@ -41,9 +41,9 @@ def pcm16(audio):
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
 
-def test_a_stream_past_the_pool_is_refused_and_the_live_ones_finish(two_slot_server, tiny_repo):
+def test_a_stream_past_the_pool_is_refused_and_the_live_ones_finish(two_slot_server, demo_repo):
     gw = two_slot_server
-    audios = [speechlike(np.random.default_rng(40 + i), 3.0) for i in range(2)]
+    audios = [demo_speech(np.random.default_rng(40 + i), 3.0) for i in range(2)]
 
     async def open_stream(audio):
         ws = await connect(gw.ws_url, additional_headers={"Authorization": f"Bearer {DEMO_KEYS['base']}"})
@@ -97,12 +97,12 @@ def test_a_stream_past_the_pool_is_refused_and_the_live_ones_finish(two_slot_ser
     assert close_code == 1013
     assert riva_error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and CAPACITY_ERROR in riva_error.details()
     for text, audio in zip(texts, audios):  # the live streams never noticed
-        want = reference_text(tiny_repo, np.frombuffer(pcm16(audio), "<i2").astype(np.float32) / 32768)
+        want = reference_text(demo_repo, np.frombuffer(pcm16(audio), "<i2").astype(np.float32) / 32768)
         assert text.replace(" ", "") == want.replace(" ", "")
     # Both rows are free again: a new stream runs.
     ws = asyncio.run(asyncio.wait_for(_one(gw, audios[0]), 60))
     assert ws.replace(" ", "") == reference_text(
-        tiny_repo, np.frombuffer(pcm16(audios[0]), "<i2").astype(np.float32) / 32768).replace(" ", "")
+        demo_repo, np.frombuffer(pcm16(audios[0]), "<i2").astype(np.float32) / 32768).replace(" ", "")
 
 
 async def _one(gw, audio) -> str:

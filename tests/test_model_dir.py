@@ -1,7 +1,8 @@
 """`brogue serve --model-dir DIR` serves DIR in Triton too, and a gateway never decodes another model's tokens.
 
-The tiny repository's own model (``exported/demo`` there) and the committed demo model have different
-vocabularies: a gateway that read one and a Triton that served the other would print garbage.
+A tiny freshly exported model (``exported/demo`` of its own repository) and the committed demo model
+have different vocabularies: a gateway that read one and a Triton that served the other would print
+garbage.
 """
 
 from __future__ import annotations
@@ -11,15 +12,32 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from brogue.engine.metadata import ModelMeta
 from brogue.engine.runner import StreamingRunner
 from brogue.server.gateway_process import wait_until_healthy
-from conftest import DEMO_KEYS, REPO, free_port, write_tenants
+from conftest import DEMO_KEYS, REPO, free_port, model_config, write_tenants
 from test_websocket import finals_text, stream_ws
 
 DEMO = REPO / "model_repo" / "exported" / "demo"
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    """A model repository whose own model (``exported/demo``) is a tiny random CTC model, not the demo."""
+    import torch
+
+    from brogue.export.configs import build_model
+    from brogue.export.nemo_export import export_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = build_model("ctc", d_model=64, n_layers=2, n_heads=2, att_context_size=[16, 7]).eval()
+    export_model(model, root / "exported" / "demo", max_adapter_dim=16)
+    model_config(root, "asr_streaming", DECODER="auto")  # the served model's LM, if it has one
+    return root
 
 
 def _serve(args, tmp_path, tenants):
@@ -33,7 +51,7 @@ def _serve(args, tmp_path, tenants):
 def test_bundled_triton_serves_the_model_dir(tiny_repo, tmp_path):
     tenants = tmp_path / "tenants.toml"
     write_tenants(tenants, {})
-    proc, http, log = _serve(["--model-repository", str(tiny_repo.root), "--model-dir", str(DEMO),
+    proc, http, log = _serve(["--model-repository", str(tiny_repo), "--model-dir", str(DEMO),
                               "--latencies", "72_5"], tmp_path, tenants)
     try:
         wait_until_healthy(proc, http, log, timeout=240)
@@ -58,11 +76,12 @@ def test_bundled_triton_serves_the_model_dir(tiny_repo, tmp_path):
 def test_gateway_refuses_a_triton_serving_another_model(tiny_repo, triton_server, tmp_path):
     tenants = tmp_path / "tenants.toml"
     write_tenants(tenants, {})
-    proc, _, log = _serve(["--model-repository", str(tiny_repo.root), "--model-dir", str(DEMO), "--triton-url",
+    tiny = tiny_repo / "exported" / "demo"  # the gateway's model; triton_server serves the demo
+    proc, _, log = _serve(["--model-repository", str(tiny_repo), "--model-dir", str(tiny), "--triton-url",
                            triton_server.grpc_url], tmp_path, tenants)
     assert proc.wait(120) == 2
     out = log.read_text()
-    theirs, ours = ModelMeta.load(tiny_repo.model_dir).fingerprint, ModelMeta.load(DEMO).fingerprint
+    theirs, ours = ModelMeta.load(DEMO).fingerprint, ModelMeta.load(tiny).fingerprint
     assert theirs != ours
     flat = "".join(out.split())  # the console wraps long lines
     assert f"servesthemodelwithfingerprint{theirs},notthegateway'smodel" in flat, out[-2000:]

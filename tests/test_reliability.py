@@ -18,7 +18,7 @@ import pytest
 import riva.client.proto.riva_asr_pb2 as rasr
 import riva.client.proto.riva_asr_pb2_grpc as rasr_grpc
 import riva.client.proto.riva_audio_pb2 as raudio
-from conftest import DEMO_KEYS, speechlike
+from conftest import DEMO_KEYS, demo_speech
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
@@ -169,7 +169,7 @@ def _metric(url: str, name: str) -> float:
 def test_vanishing_clients_leave_no_stream_and_no_triton_sequence(gateway):
     """Six streams, three of whose clients drop their TCP connection mid-stream: afterwards the
     gateway counts no live stream and Triton's asr_streaming holds no sequence state."""
-    audio = (speechlike(np.random.default_rng(5), 3.0) * 32767).astype("<i2").tobytes()
+    audio = (demo_speech(np.random.default_rng(5), 3.0) * 32767).astype("<i2").tobytes()
 
     async def one(vanish: bool, key: str):
         async with connect(gateway.ws_url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
@@ -200,7 +200,7 @@ def test_vanishing_clients_leave_no_stream_and_no_triton_sequence(gateway):
     assert healthy(gateway)
 
 
-def test_gateway_sigterm_drains_live_streams_finals_first_then_1001(tiny_repo, triton_server, tmp_path):
+def test_gateway_sigterm_drains_live_streams_finals_first_then_1001(demo_repo, triton_server, tmp_path):
     """SIGTERM mid-stream: each live WebSocket stream gets the finals for all audio it sent, then
     ``end`` and close 1001; each Riva stream gets its final results and status OK; Triton holds no
     sequence afterwards; and the gateway exits 0 within its drain time."""
@@ -208,8 +208,8 @@ def test_gateway_sigterm_drains_live_streams_finals_first_then_1001(tiny_repo, t
 
     from conftest import start_gateway
 
-    gw = start_gateway(tiny_repo, triton_server.grpc_url, tmp_path)
-    audio = (np.clip(speechlike(np.random.default_rng(41), 30.0), -1, 1) * 32767).astype("<i2").tobytes()
+    gw = start_gateway(demo_repo, triton_server.grpc_url, tmp_path)
+    audio = (np.clip(demo_speech(np.random.default_rng(41), 30.0), -1, 1) * 32767).astype("<i2").tobytes()
     sent_ws = asyncio.Event()
 
     async def ws_stream():
@@ -278,10 +278,12 @@ def test_gateway_sigterm_drains_live_streams_finals_first_then_1001(tiny_repo, t
 # -- the fault scripts, short ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stack(tiny_repo, tmp_path_factory):
+def stack(demo_repo, tmp_path_factory):
     from brogue.bench.stack import Stack
 
-    s = Stack(tiny_repo.root, tmp_path_factory.mktemp("stack"), model="demo", adapters=4)
+    # short keepalive and send timeout: the slow client is dropped in seconds, not the default 40
+    s = Stack(demo_repo.root, tmp_path_factory.mktemp("stack"), model="demo", adapters=4,
+              gateway_args=("--keepalive-seconds", "5", "--send-timeout", "3"))
     with s:
         yield s
 
@@ -291,7 +293,7 @@ def clips():
     from brogue.bench.load import Clip
 
     rng = np.random.default_rng(9)
-    return [Clip(f"c{i}", (speechlike(rng, 1.5 + i * 0.5) * 32767).astype("<i2").tobytes(), "") for i in range(4)]
+    return [Clip(f"c{i}", (demo_speech(rng, 1.5 + i * 0.5) * 32767).astype("<i2").tobytes(), "") for i in range(4)]
 
 
 def test_triton_killed_mid_load_clean_errors_then_recovery(stack, clips):
@@ -330,5 +332,7 @@ def test_a_client_that_never_reads_is_dropped_and_others_go_on(stack, clips):
 
     r = slow_client(stack, clips, n=3, audio_s=900, timeout=120)
     assert r["ok"], json.dumps(r)
+    # dropped by the stack's 3 s send timeout or 5 + 5 s keepalive, not the defaults (10 s; 20 + 20 s)
+    assert r["slow"]["after_s"] < 30, json.dumps(r)
     # what it failed to read stays in bounded buffers: the gateway did not grow by it
     assert r["gateway_rss_mb"][1] - r["gateway_rss_mb"][0] < 30, json.dumps(r)

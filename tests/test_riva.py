@@ -1,7 +1,7 @@
 """The Riva-compatible gRPC API end to end: a real tritonserver, `brogue serve` as a subprocess, and the
 unmodified ``nvidia-riva-client`` package as the client.
 
-The tiny test model is untrained, so transcripts are compared with the in-process reference runner
+Transcripts of the demo model are compared with the in-process reference runner
 (:class:`StreamingRunner`) on the same samples the gateway decodes.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import riva.client
 import riva.client.proto.riva_asr_pb2 as rasr
-from conftest import DEMO_KEYS, reference_text, speechlike
+from conftest import DEMO_KEYS, reference_text, demo_speech
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from brogue.audio.codecs import AudioDecoder
@@ -50,13 +50,13 @@ def squash(text):
 
 
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory, tiny_repo):
+def speech(tmp_path_factory, demo_repo):
     """A 5 s 16 kHz PCM16 WAV and its reference transcript through tenant scot's adapter."""
     rng = np.random.default_rng(21)
-    audio = np.concatenate([speechlike(rng, 2.0), np.zeros(16000, np.float32), speechlike(rng, 2.0)])
+    audio = np.concatenate([demo_speech(rng, 2.0), np.zeros(16000, np.float32), demo_speech(rng, 2.0)])
     path = tmp_path_factory.mktemp("riva") / "speech.wav"
     x = write_wav(path, audio)
-    want = reference_text(tiny_repo, x, "scot")
+    want = reference_text(demo_repo, x, "scot")
     assert want, "the reference transcript is empty: the test would prove nothing"
     return path, want, len(audio) / 16000
 
@@ -115,12 +115,12 @@ def test_recognize_on_the_whole_file_gives_the_same_transcript(gateway, speech):
     assert squash("".join(r.alternatives[0].transcript for r in resp.results)) == squash(want)
 
 
-def test_8khz_mulaw(gateway, tiny_repo):
+def test_8khz_mulaw(gateway, demo_repo):
     rng = np.random.default_rng(22)
-    x = speechlike(rng, 1.5)  # 3 s at 8 kHz
+    x = demo_speech(rng, 1.5)  # 3 s at 8 kHz
     raw = audioop.lin2ulaw((x * 32767).astype("<i2").tobytes(), 2)
     dec = AudioDecoder("mulaw", 8000)
-    want = reference_text(tiny_repo, np.concatenate([dec.feed(raw), dec.flush()]))
+    want = reference_text(demo_repo, np.concatenate([dec.feed(raw), dec.flush()]))
     assert want
     config = riva.client.RecognitionConfig(encoding=riva.client.AudioEncoding.MULAW, sample_rate_hertz=8000,
                                            language_code="en-US", max_alternatives=1)
@@ -181,7 +181,7 @@ def test_refusals_have_clear_status_codes(gateway, speech, tmp_path):
     riva.client.add_speaker_diarization_to_config(diar, True, 2)
     assert _code(recognize(DEMO_KEYS["base"], diar))[0] == bad
     stereo = tmp_path / "stereo.wav"
-    write_wav(stereo, speechlike(np.random.default_rng(1), 0.5), channels=2)
+    write_wav(stereo, demo_speech(np.random.default_rng(1), 0.5), channels=2)
     code, msg = _code(recognize(DEMO_KEYS["base"], streaming_config(sample_rate_hertz=16000), stereo.read_bytes()))
     assert code == bad and "channels" in msg
     code, msg = _code(stream(DEMO_KEYS["base"], streaming_config(sample_rate_hertz=16000), [b"RIFF" + b"\0" * 60]))
@@ -193,7 +193,7 @@ def test_refusals_have_clear_status_codes(gateway, speech, tmp_path):
                          metrics), kind
 
 
-def test_health_and_model_config(gateway, tiny_repo):
+def test_health_and_model_config(gateway, demo_repo):
     with grpc.insecure_channel(gateway.grpc_url) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         for service in ("", "nvidia.riva.asr.RivaSpeechRecognition"):
@@ -212,22 +212,22 @@ def test_health_and_model_config(gateway, tiny_repo):
     assert lats and model.parameters["language_code"] == "en-US" and model.parameters["sample_rate"] == "16000"
     assert model.parameters["default_latency"] in lats
     # Each latency name selects that latency.
-    x = speechlike(np.random.default_rng(23), 1.0)
+    x = demo_speech(np.random.default_rng(23), 1.0)
     pcm = (x * 32767).astype("<i2")
     for lat in lats:
-        runner = StreamingRunner(tiny_repo.model_dir, slots=1)
+        runner = StreamingRunner(demo_repo.model_dir, slots=1, decoder="greedy")  # as the served model
         (st,) = runner.transcribe([pcm.astype(np.float32) / 32768], latency=lat)
         got = service.offline_recognize(pcm.tobytes(), streaming_config(sample_rate_hertz=16000, model=lat))
         assert squash("".join(r.alternatives[0].transcript for r in got.results)) == \
             squash(runner.detok.decode(st.tokens)), lat
 
 
-def test_brogue_transcribe_three_files(gateway, tiny_repo, tmp_path):
+def test_brogue_transcribe_three_files(gateway, demo_repo, tmp_path):
     rng = np.random.default_rng(24)
     files, wants = [], []
     for i in range(3):
         f = tmp_path / f"call{i}.wav"
-        wants.append(reference_text(tiny_repo, write_wav(f, speechlike(rng, 1.5 + i)), "carib"))
+        wants.append(reference_text(demo_repo, write_wav(f, demo_speech(rng, 1.5 + i)), "carib"))
         files.append(f)
     for fmt, stream in (("text", False), ("srt", True)):
         out = tmp_path / fmt
@@ -260,8 +260,8 @@ def test_over_limit_is_resource_exhausted_and_vanished_clients_free_their_stream
 
     key = [("x-api-key", DEMO_KEYS["base"])]  # the fixture's tenants allow 4 streams each
     config = rasr.StreamingRecognitionConfig(config=streaming_config(sample_rate_hertz=16000), interim_results=True)
-    audio = (speechlike(np.random.default_rng(25), 1.0) * 32767).astype("<i2").tobytes()
-    long = (speechlike(np.random.default_rng(26), 6.0) * 32767).astype("<i2").tobytes()
+    audio = (demo_speech(np.random.default_rng(25), 1.0) * 32767).astype("<i2").tobytes()
+    long = (demo_speech(np.random.default_rng(26), 6.0) * 32767).astype("<i2").tobytes()
 
     def active():
         text = urllib.request.urlopen(f"http://127.0.0.1:{gateway.http_port}/metrics", timeout=5).read().decode()

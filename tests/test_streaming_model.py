@@ -7,27 +7,23 @@ import time
 import numpy as np
 import pytest
 
-from brogue.engine.runner import StreamingRunner
 from brogue.errors import ErrorCode, split_tag
 from brogue.server.streaming_model import ChunkRequest, StreamingModel
-from conftest import speechlike
+from conftest import demo_speech, reference_run
 
 pytestmark = pytest.mark.nemo
 
 
 @pytest.fixture
-def model(tiny_repo):
-    m = StreamingModel(tiny_repo.model_dir, tiny_repo.store_dir, slots=3, idle_timeout=30)
+def model(demo_repo):
+    m = StreamingModel(demo_repo.model_dir, demo_repo.store_dir, slots=3, idle_timeout=30, decoder="greedy")
     yield m
     m.close()
 
 
-def reference(tiny_repo, audio, name=None):
-    runner = StreamingRunner(tiny_repo.model_dir, slots=2)
-    if name:
-        a = tiny_repo.arrays[name]
-        runner.bank.write(1, a["ln_weight"], a["ln_bias"], a["down"], a["up"])
-    return runner.transcribe([audio], [1 if name else 0])[0].tokens
+def reference(demo_repo, audio, name=None):
+    """Tokens of ``audio`` alone in process, with the adapter of test name ``name`` (or base)."""
+    return reference_run(demo_repo, audio, demo_repo.arrays[name] if name else None)[1]
 
 
 def play(model, streams, packet=5000):
@@ -44,19 +40,20 @@ def play(model, streams, packet=5000):
     return tokens, ready
 
 
-def test_batched_sequences_with_adapters_equal_the_reference(model, tiny_repo):
+def test_batched_sequences_with_adapters_equal_the_reference(model, demo_repo):
     rng = np.random.default_rng(0)
-    streams = [(1, speechlike(rng, 2.5), ""), (2, speechlike(rng, 3.0), tiny_repo.refs["scot"]),
-               (3, speechlike(rng, 1.7), tiny_repo.refs["carib"])]
+    streams = [(1, demo_speech(rng, 2.5), ""), (2, demo_speech(rng, 3.0), demo_repo.refs["scot"]),
+               (3, demo_speech(rng, 1.7), demo_repo.refs["carib"])]
     tokens, ready = play(model, streams)
+    short = {ref: name for name, ref in demo_repo.refs.items()}
     for c, a, ref in streams:
-        assert tokens[c] == reference(tiny_repo, a, ref.split("@")[0] if ref else None), c
+        assert tokens[c] == reference(demo_repo, a, short[ref] if ref else None) and tokens[c], c
     assert all(ready[c][-1] for c in ready)
     assert model.stats.mixed_sequence_executes > 0 and model.runner.stats.mixed_adapter_runs > 0
     assert not model.streams and all(info.refcount == 0 for info in model.bank.snapshot().values())
 
 
-def test_a_stream_buffers_while_its_adapter_loads(model, tiny_repo):
+def test_a_stream_buffers_while_its_adapter_loads(model, demo_repo):
     """The first request starts the load and returns at once, with no tokens; the stream buffers its
     audio, and catches up once the adapter is in. The store's read is held until the first two
     requests are answered, so the buffering always happens."""
@@ -70,8 +67,8 @@ def test_a_stream_buffers_while_its_adapter_loads(model, tiny_repo):
         return read_entry(entry, base)
 
     model.store._read_entry = held
-    audio = speechlike(np.random.default_rng(1), 2.0)
-    first = model.execute([ChunkRequest(7, True, False, audio[:16000], adapter=tiny_repo.refs["med"])])[0]
+    audio = demo_speech(np.random.default_rng(1), 2.0)
+    first = model.execute([ChunkRequest(7, True, False, audio[:16000], adapter=demo_repo.refs["med"])])[0]
     assert first.error is None and not first.adapter_ready and first.tokens == []
     second = model.execute([ChunkRequest(7, False, False, audio[16000:24000])])[0]
     assert second.error is None and not second.adapter_ready and second.tokens == []
@@ -79,13 +76,13 @@ def test_a_stream_buffers_while_its_adapter_loads(model, tiny_repo):
     gate.set()
     rest = model.execute([ChunkRequest(7, False, True, audio[24000:])])[0]  # END waits for the load
     assert rest.final and rest.adapter_ready
-    assert rest.tokens == reference(tiny_repo, audio, "med")
+    assert rest.tokens == reference(demo_repo, audio, "med")
 
 
-def test_sweep_frees_idle_sequences_and_their_bank_slots(model, tiny_repo):
-    audio = speechlike(np.random.default_rng(2), 1.0)
-    model.execute([ChunkRequest(9, True, False, audio, adapter=tiny_repo.refs["scot"])])
-    model.bank.acquire(tiny_repo.refs["scot"], stream_id=9)  # wait for the load
+def test_sweep_frees_idle_sequences_and_their_bank_slots(model, demo_repo):
+    audio = demo_speech(np.random.default_rng(2), 1.0)
+    model.execute([ChunkRequest(9, True, False, audio, adapter=demo_repo.refs["scot"])])
+    model.bank.acquire(demo_repo.refs["scot"], stream_id=9)  # wait for the load
     assert 9 in model.streams
     assert model.sweep(now=time.monotonic() + 31) == [9]
     assert 9 not in model.streams
@@ -94,8 +91,8 @@ def test_sweep_frees_idle_sequences_and_their_bank_slots(model, tiny_repo):
     assert split_tag(res.error)[0] is ErrorCode.NO_STATE and "send START first" in res.error
 
 
-def test_bad_requests_fail_alone(model, tiny_repo):
-    audio = speechlike(np.random.default_rng(3), 1.0)
+def test_bad_requests_fail_alone(model, demo_repo):
+    audio = demo_speech(np.random.default_rng(3), 1.0)
     nan = audio.copy()
     nan[3] = np.inf
     reqs = [

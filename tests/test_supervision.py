@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from brogue.server.gateway_process import wait_until_healthy
 from brogue.server.tritonserver import TritonProcess
-from conftest import DEMO_KEYS, free_port, reference_text, speechlike, write_tenants
+from conftest import DEMO_KEYS, free_port, reference_text, demo_speech, write_tenants
 from test_websocket import finals_text, pcm16, stream_ws
 
 
@@ -96,13 +96,13 @@ def _zombies(pid: int) -> list[psutil.Process]:
 
 
 @pytest.fixture()
-def served(tiny_repo, tmp_path):
-    """`brogue serve` with its own tritonserver on the tiny repository."""
+def served(demo_repo, tmp_path):
+    """`brogue serve` with its own tritonserver on the demo repository."""
     tenants = tmp_path / "tenants.toml"
-    write_tenants(tenants, tiny_repo.refs)
+    write_tenants(tenants, demo_repo.refs)
     http = free_port()
     log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(tiny_repo.root), "--tenants",
+    cmd = [sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(demo_repo.root), "--tenants",
            str(tenants), "--http-port", str(http), "--grpc-port", str(free_port()), "--admin-port", str(free_port())]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     tritons = []
@@ -118,13 +118,13 @@ def served(tiny_repo, tmp_path):
     assert not alive, f"tritonserver {alive} outlived brogue serve"
 
 
-def test_killed_triton_is_not_ready_then_back_with_the_same_transcript(served, tiny_repo):
+def test_killed_triton_is_not_ready_then_back_with_the_same_transcript(served, demo_repo):
     proc, http, log = served
-    audio = speechlike(np.random.default_rng(21), 2.5)
+    audio = demo_speech(np.random.default_rng(21), 2.5)
     data = pcm16(audio).tobytes()
     url = f"ws://127.0.0.1:{http}/v1/stream"
     before = finals_text(asyncio.run(stream_ws(url, DEMO_KEYS["base"], data)))
-    assert before == reference_text(tiny_repo, audio).replace(" ", "") and before
+    assert before == reference_text(demo_repo, pcm16(audio) / np.float32(32768)).replace(" ", "") and before
     assert _status(http, "/readyz") == 200 and _status(http, "/livez") == 200
 
     (triton,) = _tritonservers(proc.pid)
@@ -164,13 +164,13 @@ def test_three_kills_in_a_row_back_off_and_leave_no_zombies(served):
     assert not _zombies(proc.pid)
 
 
-def test_a_triton_that_cannot_start_stops_brogue_serve_with_its_reason(tiny_repo, tmp_path):
+def test_a_triton_that_cannot_start_stops_brogue_serve_with_its_reason(demo_repo, tmp_path):
     empty = tmp_path / "repo"
     empty.mkdir()
     tenants = tmp_path / "tenants.toml"
     write_tenants(tenants, {})
     r = subprocess.run([sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(empty),
-                        "--model-dir", str(tiny_repo.model_dir), "--tenants", str(tenants), "--http-port",
+                        "--model-dir", str(demo_repo.model_dir), "--tenants", str(tenants), "--http-port",
                         str(free_port()), "--grpc-port", str(free_port()), "--admin-port", str(free_port())],
                        capture_output=True, text=True, timeout=300)
     out = " ".join((r.stdout + r.stderr).split())
@@ -179,14 +179,14 @@ def test_a_triton_that_cannot_start_stops_brogue_serve_with_its_reason(tiny_repo
     assert "failed to poll model 'asr_streaming': model not found in any model repository" in out
 
 
-def test_one_of_two_tritons_killed_harms_only_its_own_streams(tiny_repo, tmp_path):
+def test_one_of_two_tritons_killed_harms_only_its_own_streams(demo_repo, tmp_path):
     tenants = tmp_path / "tenants.toml"
-    write_tenants(tenants, tiny_repo.refs, max_streams=16)
-    a = TritonProcess(tiny_repo.root).start(timeout=240)
-    b = TritonProcess(tiny_repo.root).start(timeout=240)
+    write_tenants(tenants, demo_repo.refs, max_streams=16)
+    a = TritonProcess(demo_repo.root).start(timeout=240)
+    b = TritonProcess(demo_repo.root).start(timeout=240)
     http = free_port()
     log = tmp_path / "gateway.log"
-    gw = subprocess.Popen([sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(tiny_repo.root),
+    gw = subprocess.Popen([sys.executable, "-m", "brogue.cli", "serve", "--model-repository", str(demo_repo.root),
                            "--tenants", str(tenants), "--triton-url", a.grpc_url, "--triton-url", b.grpc_url,
                            "--http-port", str(http), "--grpc-port", str(free_port()), "--admin-port",
                            str(free_port())], stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -194,8 +194,8 @@ def test_one_of_two_tritons_killed_harms_only_its_own_streams(tiny_repo, tmp_pat
         wait_until_healthy(gw, http, log, timeout=120)
         url = f"ws://127.0.0.1:{http}/v1/stream"
         rng = np.random.default_rng(5)
-        audios = [speechlike(rng, 3.0) for _ in range(6)]
-        want = [reference_text(tiny_repo, x).replace(" ", "") for x in audios]
+        audios = [demo_speech(rng, 3.0) for _ in range(6)]
+        want = [reference_text(demo_repo, pcm16(x) / np.float32(32768)).replace(" ", "") for x in audios]
 
         async def run_all(kill_after: float | None):
             tasks = [asyncio.create_task(stream_ws(url, DEMO_KEYS["base"], pcm16(x).tobytes(), pace=0.1))

@@ -9,13 +9,13 @@ import numpy as np
 from brogue.server.triton_client import TritonPool
 
 
-def test_streams_share_one_channel_per_instance_and_closing_a_stream_keeps_it(triton_server, tiny_repo):
+def test_streams_share_one_channel_per_instance_and_closing_a_stream_keeps_it(triton_server, demo_repo):
     """Sequences, the model check and the probes all use the pool's one client per URL; a stream's
     close ends its gRPC stream only, and the next stream still reaches Triton over the same channel."""
     from brogue.engine.metadata import ModelMeta
 
     url = triton_server.grpc_url
-    fingerprint = ModelMeta.load(tiny_repo.model_dir).fingerprint
+    fingerprint = ModelMeta.load(demo_repo.model_dir).fingerprint
 
     async def main():
         pool = TritonPool([url], fingerprint=fingerprint)

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import DEMO_KEYS, reference_text, speechlike, start_gateway, stop_gateway
+from conftest import DEMO_KEYS, reference_text, demo_speech, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.nemo
 
@@ -61,13 +61,13 @@ def finals_text(msgs):
     return "".join(m["transcript"] for m in msgs if m["type"] == "final").replace(" ", "")
 
 
-def test_real_time_stream_gets_partials_then_finals_equal_to_offline(gateway, tiny_repo):
-    audio = speechlike(np.random.default_rng(10), 4.0)
+def test_real_time_stream_gets_partials_then_finals_equal_to_offline(gateway, demo_repo):
+    audio = demo_speech(np.random.default_rng(10), 4.0)
     msgs = asyncio.run(stream_ws(gateway.ws_url, DEMO_KEYS["scot"], pcm16(audio).tobytes(), pace=0.1))
     kinds = [m["type"] for m in msgs]
-    assert kinds[0] == "ready" and kinds[-1] == "end" and msgs[0]["adapter"] == tiny_repo.refs["scot"]
+    assert kinds[0] == "ready" and kinds[-1] == "end" and msgs[0]["adapter"] == demo_repo.refs["scot"]
     assert "partial" in kinds and kinds.index("partial") < kinds.index("final")
-    want = reference_text(tiny_repo, pcm16(audio).astype(np.float32) / 32768, "scot")
+    want = reference_text(demo_repo, pcm16(audio).astype(np.float32) / 32768, "scot")
     assert want and finals_text(msgs) == want.replace(" ", "")
     for m in msgs:
         if m["type"] == "final":
@@ -76,8 +76,8 @@ def test_real_time_stream_gets_partials_then_finals_equal_to_offline(gateway, ti
             assert all(0 <= w["start"] < w["end"] <= 4.0 + 0.7 and 0 < w["confidence"] <= 1 for w in m["words"])
 
 
-def test_two_tenants_at_once_each_get_their_adapter(gateway, tiny_repo):
-    audio = speechlike(np.random.default_rng(11), 3.0)
+def test_two_tenants_at_once_each_get_their_adapter(gateway, demo_repo):
+    audio = demo_speech(np.random.default_rng(11), 3.0)
     data = pcm16(audio).tobytes()
 
     async def both():
@@ -86,17 +86,17 @@ def test_two_tenants_at_once_each_get_their_adapter(gateway, tiny_repo):
 
     scot, carib = asyncio.run(both())
     x = pcm16(audio).astype(np.float32) / 32768
-    assert finals_text(scot) == reference_text(tiny_repo, x, "scot").replace(" ", "")
-    assert finals_text(carib) == reference_text(tiny_repo, x, "carib").replace(" ", "")
+    assert finals_text(scot) == reference_text(demo_repo, x, "scot").replace(" ", "")
+    assert finals_text(carib) == reference_text(demo_repo, x, "carib").replace(" ", "")
     assert finals_text(scot) != finals_text(carib)
 
 
-def test_8khz_mulaw_and_48khz_float32_are_resampled(gateway, tiny_repo):
+def test_8khz_mulaw_and_48khz_float32_are_resampled(gateway, demo_repo):
     from brogue.audio.codecs import AudioDecoder
 
     rng = np.random.default_rng(12)
     for rate, enc in ((8000, "mulaw"), (48000, "float32")):
-        x = speechlike(rng, 2.0 * rate / 16000)  # 2 s at `rate`
+        x = demo_speech(rng, 2.0 * rate / 16000)  # 2 s at `rate`
         raw = (rng.integers(0, 256, len(x), dtype=np.uint8).tobytes() if enc == "mulaw"
                else x.astype("<f4").tobytes())
         msgs = asyncio.run(stream_ws(gateway.ws_url, DEMO_KEYS["base"], raw,
@@ -104,11 +104,11 @@ def test_8khz_mulaw_and_48khz_float32_are_resampled(gateway, tiny_repo):
         dec = AudioDecoder(enc, rate)
         as_model = np.concatenate([dec.feed(raw), dec.flush()])
         assert msgs[-1]["type"] == "end"
-        assert finals_text(msgs) == reference_text(tiny_repo, as_model).replace(" ", "")
+        assert finals_text(msgs) == reference_text(demo_repo, as_model).replace(" ", "")
 
 
 def test_flush_forces_an_endpoint(gateway):
-    audio = speechlike(np.random.default_rng(13), 4.0)
+    audio = demo_speech(np.random.default_rng(13), 4.0)
     data = pcm16(audio).tobytes()
     msgs = asyncio.run(stream_ws(gateway.ws_url, DEMO_KEYS["base"], data, flush_at=len(data) // 2))
     finals = [m for m in msgs if m["type"] == "final"]
@@ -126,7 +126,7 @@ def test_wrong_key_is_refused_before_any_audio(gateway):
         assert e.value.response.status_code == 401
 
 
-def test_bad_input_gets_clear_errors_and_others_go_on(gateway, tiny_repo):
+def test_bad_input_gets_clear_errors_and_others_go_on(gateway, demo_repo):
     async def first_reply(message, key=DEMO_KEYS["base"]):
         async with connect(gateway.ws_url, additional_headers={"Authorization": f"Bearer {key}"},
                            max_size=None) as ws:
@@ -175,13 +175,13 @@ def test_bad_input_gets_clear_errors_and_others_go_on(gateway, tiny_repo):
         ws = await connect(gateway.ws_url, additional_headers={"Authorization": f"Bearer {DEMO_KEYS['base']}"})
         await ws.send(json.dumps({"type": "config"}))
         await ws.recv()
-        await ws.send(pcm16(speechlike(np.random.default_rng(14), 1.5)).tobytes())
+        await ws.send(pcm16(demo_speech(np.random.default_rng(14), 1.5)).tobytes())
         ws.transport.abort()
 
     asyncio.run(vanish())
-    audio = speechlike(np.random.default_rng(15), 2.0)
+    audio = demo_speech(np.random.default_rng(15), 2.0)
     msgs = asyncio.run(stream_ws(gateway.ws_url, DEMO_KEYS["scot"], pcm16(audio).tobytes()))
-    assert finals_text(msgs) == reference_text(tiny_repo, pcm16(audio).astype(np.float32) / 32768, "scot").replace(" ", "")
+    assert finals_text(msgs) == reference_text(demo_repo, pcm16(audio).astype(np.float32) / 32768, "scot").replace(" ", "")
     time.sleep(1)
     import urllib.request
 
@@ -191,11 +191,11 @@ def test_bad_input_gets_clear_errors_and_others_go_on(gateway, tiny_repo):
     assert 'brogue_errors_total{api="ws",kind="bad_request"}' in metrics
 
 
-def test_over_limit_stream_is_refused(tiny_repo, triton_server, tmp_path):
+def test_over_limit_stream_is_refused(demo_repo, triton_server, tmp_path):
     from conftest import write_tenants
 
-    write_tenants(tmp_path / "tenants.toml", tiny_repo.refs, max_streams=2)
-    gw = start_gateway(tiny_repo, triton_server.grpc_url, tmp_path)
+    write_tenants(tmp_path / "tenants.toml", demo_repo.refs, max_streams=2)
+    gw = start_gateway(demo_repo, triton_server.grpc_url, tmp_path)
     try:
         async def run():
             conns = []
@@ -217,15 +217,15 @@ def test_over_limit_stream_is_refused(tiny_repo, triton_server, tmp_path):
         stop_gateway(gw)
 
 
-def test_triton_restart_mid_stream(tiny_repo, tmp_path):
+def test_triton_restart_mid_stream(demo_repo, tmp_path):
     """Streams on a Triton that crashes get a clean error; the gateway recovers without a restart."""
     from brogue.server.tritonserver import TritonProcess
 
-    triton = TritonProcess(tiny_repo.root, models=("asr_streaming",)).start(timeout=240)
-    gw = start_gateway(tiny_repo, triton.grpc_url, tmp_path)
+    triton = TritonProcess(demo_repo.root, models=("asr_streaming",)).start(timeout=240)
+    gw = start_gateway(demo_repo, triton.grpc_url, tmp_path)
     grpc_port = triton.grpc_port
     try:
-        audio = pcm16(speechlike(np.random.default_rng(16), 6.0)).tobytes()
+        audio = pcm16(demo_speech(np.random.default_rng(16), 6.0)).tobytes()
 
         async def during_restart():
             task = asyncio.create_task(stream_ws(gw.ws_url, DEMO_KEYS["base"], audio, pace=0.1))
@@ -238,29 +238,29 @@ def test_triton_restart_mid_stream(tiny_repo, tmp_path):
         msgs = asyncio.run(during_restart())
         errors = [m for m in msgs if m["type"] == "error"]
         assert errors and errors[0]["code"] == "unavailable", msgs[-3:]
-        triton = TritonProcess(tiny_repo.root, models=("asr_streaming",), grpc_port=grpc_port).start(timeout=240)
+        triton = TritonProcess(demo_repo.root, models=("asr_streaming",), grpc_port=grpc_port).start(timeout=240)
         time.sleep(2.5)  # the pool retries an instance marked down after 2 s
-        x = speechlike(np.random.default_rng(17), 2.0)
+        x = demo_speech(np.random.default_rng(17), 2.0)
         msgs = asyncio.run(stream_ws(gw.ws_url, DEMO_KEYS["base"], pcm16(x).tobytes()))
         assert msgs[-1]["type"] == "end"
-        assert finals_text(msgs) == reference_text(tiny_repo, pcm16(x).astype(np.float32) / 32768).replace(" ", "")
+        assert finals_text(msgs) == reference_text(demo_repo, pcm16(x).astype(np.float32) / 32768).replace(" ", "")
         assert gw.process.poll() is None
     finally:
         stop_gateway(gw)
         triton.stop()
 
 
-def test_brogue_mic_streams_a_file_like_a_microphone(gateway, tiny_repo, tmp_path):
+def test_brogue_mic_streams_a_file_like_a_microphone(gateway, demo_repo, tmp_path):
     import io
 
     import soundfile as sf
 
     from brogue.clients.mic import run_mic
 
-    audio = speechlike(np.random.default_rng(18), 2.0)
+    audio = demo_speech(np.random.default_rng(18), 2.0)
     sf.write(tmp_path / "a.wav", pcm16(audio), 16000, subtype="PCM_16")
     out = io.StringIO()
     finals = run_mic(gateway.ws_url, DEMO_KEYS["scot"], file=tmp_path / "a.wav", out=out)
     text = "".join(f["transcript"] for f in finals).replace(" ", "")
-    assert text == reference_text(tiny_repo, pcm16(audio).astype(np.float32) / 32768, "scot").replace(" ", "")
-    assert "adapter scot@v1" in out.getvalue() and "…" in out.getvalue()
+    assert text == reference_text(demo_repo, pcm16(audio).astype(np.float32) / 32768, "scot").replace(" ", "")
+    assert f"adapter {demo_repo.refs['scot']}" in out.getvalue() and "…" in out.getvalue()

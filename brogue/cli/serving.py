@@ -48,12 +48,19 @@ def serve(
     admin_port: int = typer.Option(50052, help="Admin gRPC."),
     tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate: serve TLS on every port."),
     tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert."),
+    idle_seconds: float = typer.Option(30.0, min=0.1, help="WebSocket: a stream with no message for this long "
+                                                           "ends with error 'idle'."),
+    send_timeout: float = typer.Option(10.0, min=0.1, help="WebSocket: a client that reads no result for this "
+                                                           "long is dropped ('slow_client')."),
+    keepalive_seconds: float = typer.Option(20.0, min=0.1, help="WebSocket ping interval, and how long a pong may "
+                                                                "take before the client is dropped."),
     log_level: str = typer.Option("INFO"),
 ):
     """Start Triton (bundled, or --triton-url) and the gateway: WebSocket, Riva gRPC, admin, metrics."""
     import logging
 
     from brogue.server.app import Listen, serve as serve_gateway
+    from brogue.server.websocket import ConnectionLimits
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from brogue.server.triton_client import ModelMismatch
@@ -63,7 +70,9 @@ def serve(
     lats = tuple(n.strip() for n in latencies.split(",") if n.strip())
     try:
         serve_gateway(model_repository, tenants=tenants, triton_urls=triton_url, model_dir=model_dir, latencies=lats,
-                      listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key))
+                      listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key),
+                      limits=ConnectionLimits(idle_seconds=idle_seconds, send_seconds=send_timeout,
+                                              keepalive_seconds=keepalive_seconds))
     except (ModelMismatch, ValueError, TritonNotFound, TritonServerError) as e:
         _fail(str(e))
 
