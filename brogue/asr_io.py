@@ -25,9 +25,10 @@ def _input(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:
     return t
 
 
-def request_inputs(audio: np.ndarray, *, start: bool, adapter: str = "", latency: str = "",
+def request_inputs(audio: np.ndarray, *, start: bool, adapter: str = "", latency: str = "", boost: str = "",
                    input_name: str | None = None) -> list[grpcclient.InferInput]:
-    """Inputs of one chunk: float32 goes to ``AUDIO``, int16 to ``AUDIO_PCM16`` (unless named)."""
+    """Inputs of one chunk: float32 goes to ``AUDIO``, int16 to ``AUDIO_PCM16`` (unless named);
+    on START, the adapter, latency and ``boost`` (:func:`brogue.boosting.to_wire`) when given."""
     audio = np.asarray(audio)
     if input_name is None:
         input_name = "AUDIO_PCM16" if audio.dtype == np.int16 else "AUDIO"
@@ -36,6 +37,8 @@ def request_inputs(audio: np.ndarray, *, start: bool, adapter: str = "", latency
         inputs.append(_input("ADAPTER", np.array([[adapter.encode()]], dtype=np.object_), "BYTES"))
     if start and latency:
         inputs.append(_input("LATENCY", np.array([[latency.encode()]], dtype=np.object_), "BYTES"))
+    if start and boost:
+        inputs.append(_input("BOOST", np.array([[boost.encode()]], dtype=np.object_), "BYTES"))
     return inputs
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from brogue.audio.codecs import AudioFormatError
+from brogue.boosting import BoostError, merge, to_wire
 from brogue.errors import ErrorCode
 from brogue.engine.metadata import ModelMeta
 
@@ -152,9 +153,12 @@ class Gateway:
             raise StreamError(ErrorCode.LIMIT, str(e)) from None
 
     async def run_stream(self, tenant: Tenant, config: SessionConfig, inputs: AsyncIterator,
-                         api: str = "ws", lease: Lease | None = None) -> AsyncIterator[Result]:
+                         api: str = "ws", lease: Lease | None = None,
+                         adapter: str | None = None) -> AsyncIterator[Result]:
         """Run one stream; yields results; raises :class:`StreamError`. The stream's ``lease`` (from
-        :meth:`open_lease`) is released at the end; without one, it is taken here."""
+        :meth:`open_lease`) is released at the end; without one, it is taken here. ``adapter``
+        overrides the tenant's (``""``: the base model): the front end has checked that the tenant may
+        use it; None (every front end but the OpenAI API) decodes with the tenant's adapter."""
         lease = lease or self.open_lease(tenant)
         tenant = lease.tenant  # the tenant as it is now (its adapter may have been re-pointed)
         m = self.metrics
@@ -168,7 +172,12 @@ class Gateway:
             except AudioFormatError as e:
                 raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
             try:
-                seq = self.pool.open(adapter=tenant.adapter, latency=config.latency or "")
+                boost = merge(tenant.boost, config.boost)
+            except BoostError as e:
+                raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
+            try:
+                seq = self.pool.open(adapter=tenant.adapter if adapter is None else adapter,
+                                     latency=config.latency or "", boost=to_wire(boost) if boost else "")
             except TritonUnavailable as e:
                 raise StreamError(ErrorCode.UNAVAILABLE, str(e)) from None
 

@@ -39,6 +39,7 @@ class SessionConfig:
     interim_results: bool = True
     endpointing: EndpointingConfig = EndpointingConfig()
     latency: str | None = None
+    boost: tuple = ()  # brogue.boosting.BoostPhrase: the request's phrases, merged with the tenant's
 
 
 @dataclass(frozen=True)

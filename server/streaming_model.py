@@ -33,6 +33,7 @@ import numpy as np
 from brogue.adapters import AdapterError, AdapterRef
 from brogue.adapters.store import AdapterStore
 from brogue.asr_reply import ChunkReply
+from brogue.boosting import from_wire as parse_boost
 from brogue.errors import ErrorCode, tagged
 from brogue.engine.runner import StreamingRunner
 from brogue.engine.state_pool import PoolFull
@@ -74,6 +75,7 @@ class ChunkRequest:
     audio: np.ndarray | None  # float32 in [-1, 1] or int16, 16 kHz mono
     adapter: str = ""  # name@version, read on START; "" is the base model
     latency: str = ""  # a latency name from model.json, read on START; "" is the default
+    boost: str = ""  # JSON [[phrase, boost], ...], read on START; "" boosts nothing
 
 
 @dataclass
@@ -197,7 +199,9 @@ class StreamingModel:
     def _open(self, req: ChunkRequest) -> None:
         ref = AdapterRef.parse(req.adapter) if req.adapter else None
         latency = req.latency or None
-        st = self.runner.open(req.corrid, slot=0, latency=latency)  # ValueError for an unknown latency
+        boost = parse_boost(req.boost) if req.boost else ()
+        # ValueError for an unknown latency, a boost over the limits or one the vocabulary cannot write
+        st = self.runner.open(req.corrid, slot=0, latency=latency, boost=boost)
         if ref is not None:
             self.store.resolve(ref)  # an unknown adapter fails now, not on the stream's next chunk
             slot = self.bank.try_acquire(ref, stream_id=req.corrid)  # raises at once for a full bank

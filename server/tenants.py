@@ -7,6 +7,7 @@
     adapter = "acme@v3"                 # name@version in the adapter store; "" = base model
     max_streams = 4                     # concurrent streams
     max_stream_seconds = 3600           # audio seconds per stream
+    boost = ["acme cloud", { phrase = "zyrtec", boost = 12 }]  # phrases every stream boosts
 
 Keys never appear in the file or in logs, only their SHA-256. :class:`TenantRegistry` re-reads the
 file when its modification time changes, so edits take effect without a restart; a bad edit is
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brogue.adapters import AdapterRef
+from brogue.boosting import BoostError, validate
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Tenant:
     adapter: str  # "" = base model
     max_streams: int = 4
     max_stream_seconds: float = 3600.0
+    boost: tuple = ()  # brogue.boosting.BoostPhrase, merged with each request's
 
 
 def parse_tenants(text: str, origin: str = "tenants file") -> tuple[dict[str, Tenant], str | None]:
@@ -78,7 +81,14 @@ def parse_tenants(text: str, origin: str = "tenants file") -> tuple[dict[str, Te
             raise ValueError(f"{origin}: tenant {name}: max_streams must be a positive integer")
         if not isinstance(max_seconds, (int, float)) or max_seconds <= 0:
             raise ValueError(f"{origin}: tenant {name}: max_stream_seconds must be positive")
-        tenants[name] = Tenant(name, tuple(keys), adapter, max_streams, float(max_seconds))
+        boost = t.get("boost", [])
+        if not isinstance(boost, list):
+            raise ValueError(f"{origin}: tenant {name}: boost must be a list of phrases")
+        try:
+            phrases = validate(boost)
+        except BoostError as e:
+            raise ValueError(f"{origin}: tenant {name}: {e}") from None
+        tenants[name] = Tenant(name, tuple(keys), adapter, max_streams, float(max_seconds), phrases)
     admin = data.get("admin_token_sha256")
     if admin is not None and (not isinstance(admin, str) or len(admin) != 64):
         raise ValueError(f"{origin}: admin_token_sha256 must be a sha256 hex string")

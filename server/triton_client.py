@@ -110,9 +110,11 @@ class Sequence:
     """One Triton sequence on its own gRPC stream (a tritonclient stream's errors don't say which
     request failed, so sequences never share one), over the pool's channel to its instance."""
 
-    def __init__(self, pool: "TritonPool", url: str, corrid: int, adapter: str, latency: str, timeout: float):
+    def __init__(self, pool: "TritonPool", url: str, corrid: int, adapter: str, latency: str, timeout: float,
+                 boost: str = ""):
         self.pool, self.url, self.corrid = pool, url, corrid
         self.adapter, self.latency, self.timeout = adapter, latency, timeout
+        self.boost = boost  # brogue.boosting.to_wire of the stream's phrases, sent on START
         self._client = pool.client(url)
         self._requests: asyncio.Queue = asyncio.Queue()
         self._replies = None
@@ -137,7 +139,7 @@ class Sequence:
         await self._requests.put({
             "model_name": self.pool.model,
             "inputs": request_inputs(np.asarray(audio, np.float32), start=start, adapter=self.adapter,
-                                     latency=self.latency),
+                                     latency=self.latency, boost=self.boost),
             "sequence_id": self.corrid,
             "sequence_start": start,
             "sequence_end": end,
@@ -282,13 +284,13 @@ class TritonPool:
     def _release(self, url: str) -> None:
         self.live[url] = max(0, self.live[url] - 1)
 
-    def open(self, *, adapter: str = "", latency: str = "") -> Sequence:
+    def open(self, *, adapter: str = "", latency: str = "", boost: str = "") -> Sequence:
         up = self.ready_urls()
         if not up:
             raise TritonUnavailable(f"no Triton instance is ready ({', '.join(self.urls)}); try again later")
         url = min(up, key=lambda u: self.live[u])
         self.live[url] += 1
-        return Sequence(self, url, next(self._ids), adapter, latency, self.timeout)
+        return Sequence(self, url, next(self._ids), adapter, latency, self.timeout, boost)
 
     async def _ask_model(self, url: str, adapter: str = "") -> ChunkReply:
         """An empty sequence (START and END, no audio) on ``url``, with ``adapter`` loaded for it."""

@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from brogue.audio.codecs import ENCODINGS, SAMPLE_RATES
+from brogue.boosting import validate
 from brogue.errors import WIRE, ErrorCode
 
 from .endpointing import EndpointingConfig
@@ -93,7 +94,7 @@ def parse_config(text) -> SessionConfig:
         raise ValueError(f"config is not valid JSON: {e}") from None
     if not isinstance(msg, dict) or msg.get("type") != "config":
         raise ValueError('the first message must be {"type": "config", ...}')
-    unknown = set(msg) - {"type", "sample_rate", "encoding", "interim_results", "endpointing", "latency"}
+    unknown = set(msg) - {"type", "sample_rate", "encoding", "interim_results", "endpointing", "latency", "boost"}
     if unknown:
         raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
     rate = msg.get("sample_rate", 16000)
@@ -111,7 +112,10 @@ def parse_config(text) -> SessionConfig:
     latency = msg.get("latency")
     if latency is not None and not isinstance(latency, str):
         raise ValueError("latency must be a string (a latency name of the model) or null")
-    return SessionConfig(rate, enc, interim, EndpointingConfig(**ep), latency)
+    boost = msg.get("boost") or []
+    if not isinstance(boost, list):
+        raise ValueError('boost must be a list of phrases: "text" or {"phrase": "text", "boost": 8}')
+    return SessionConfig(rate, enc, interim, EndpointingConfig(**ep), latency, validate(boost))
 
 
 def result_message(ev) -> dict:

@@ -18,6 +18,10 @@ Streaming: a :class:`BeamState` per stream carries the beam from chunk to chunk,
   same pause in the blank probabilities and must find the words already out);
 - the last chunk of a stream scores the sentence end and commits the best hypothesis.
 
+A stream with boosted phrases has a :class:`~brogue.engine.context_graph.ContextGraph` in its
+:class:`BeamState`: each hypothesis carries its state in the graph, and the graph's score for each
+token a hypothesis appends is added to its LM score (given back if the phrase is left unfinished).
+
 With ``silence_frames`` and ``max_delay`` large, decoding a stream chunk by chunk gives the same
 text as decoding all its frames at once (tests check this).
 """
@@ -78,6 +82,7 @@ class _Hyp:
     text: str  # the last characters of the text so far (committed + pending): the LM context
     frames: tuple = ()  # absolute encoder frame of each pending token's first emission
     confs: tuple = ()  # that frame's probability of the token
+    ctx: int = 0  # state in the stream's context graph (boosted phrases), if it has one
 
     def total(self) -> float:
         return _lse(self.pb, self.pnb) + self.lm
@@ -92,6 +97,12 @@ class BeamState:
     frame: int = 0  # absolute encoder frames seen
     last_emit: int = 0  # absolute frame of the best hypothesis's last new token
     last_frame: int = 0  # absolute frame of the last committed token
+    context: object = None  # the stream's ContextGraph (boosted phrases), or None
+
+    def __post_init__(self):
+        if self.context is not None:
+            for h in self.hyps.values():
+                h.ctx = self.context.start
 
 
 class CTCBeamSearch:
@@ -137,6 +148,7 @@ class CTCBeamSearch:
         base = state.frame
         blank = self.blank
         width = self.cfg.beam
+        graph = state.context
         for t in range(logprobs.shape[0]):
             row = logprobs[t]
             cand = [int(k) for k in np.flatnonzero(row > self.cfg.prune) if k != blank]
@@ -146,7 +158,7 @@ class CTCBeamSearch:
             # Each prefix first carries over (a blank, or its last token again), keeping the frame
             # its tokens were first emitted at; then every prefix grows by one token.
             for key, h in state.hyps.items():
-                e = nxt[key] = _Hyp(_lse(h.pb, h.pnb) + p_blank, NEG, h.lm, h.text, h.frames, h.confs)
+                e = nxt[key] = _Hyp(_lse(h.pb, h.pnb) + p_blank, NEG, h.lm, h.text, h.frames, h.confs, h.ctx)
                 last = key[-1] if key else state.last_committed
                 if last in cand_set:
                     e.pnb = h.pnb + float(row[last])
@@ -162,8 +174,12 @@ class CTCBeamSearch:
                     ne = nxt.get(nkey)
                     if ne is None:
                         text, lm = self._extend(h.text, k)
+                        ctx = h.ctx
+                        if graph is not None:
+                            bonus, ctx = graph.step(h.ctx, k)
+                            lm += bonus
                         ne = nxt[nkey] = _Hyp(NEG, NEG, h.lm + lm, text, h.frames + (state.frame,),
-                                              h.confs + (math.exp(p),))
+                                              h.confs + (math.exp(p),), ctx)
                     ne.pnb = _lse(ne.pnb, from_prev)
             ranked = sorted(nxt.items(), key=lambda kv: kv[1].total(), reverse=True)[:width]
             top = ranked[0][1].total()
@@ -184,13 +200,14 @@ class CTCBeamSearch:
         hyps = state.hyps
         best_key, best = max(hyps.items(), key=lambda kv: kv[1].total())
         if final:
+            graph = state.context
             ends = {k: h.total() + self.cfg.alpha * self.lm.logp(self.lm.context(h.text), EOS)
-                    for k, h in hyps.items()}
+                    + (graph.finish(h.ctx) if graph is not None else 0.0) for k, h in hyps.items()}
             best_key = max(ends, key=ends.get)
             best = hyps[best_key]
         if final or state.frame - state.last_emit >= self.cfg.silence_frames or len(best_key) >= self.cfg.max_pending:
             n = len(best_key)
-            state.hyps = {(): _Hyp(best.pb, best.pnb, 0.0, best.text)}
+            state.hyps = {(): _Hyp(best.pb, best.pnb, 0.0, best.text, ctx=best.ctx)}
         else:
             keys = list(hyps)
             n = 0  # tokens every hypothesis starts with
@@ -203,7 +220,7 @@ class CTCBeamSearch:
                 n = m
                 hyps = {k: h for k, h in hyps.items() if k[:n] == best_key[:n]}
             if n:
-                state.hyps = {k[n:]: _Hyp(h.pb, h.pnb, h.lm, h.text, h.frames[n:], h.confs[n:])
+                state.hyps = {k[n:]: _Hyp(h.pb, h.pnb, h.lm, h.text, h.frames[n:], h.confs[n:], h.ctx)
                               for k, h in hyps.items()}
         frames = []
         for f in best.frames[:n]:

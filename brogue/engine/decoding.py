@@ -4,6 +4,10 @@ Both decoders take the encoder output of a batch of streams for one chunk and re
 new tokens with their encoder-frame index and confidence (the token's probability), plus the blank
 probability of every frame, which endpointing reads. Greedy decoding is what NeMo's streaming uses
 (``conformer_stream_step``); the results are token-for-token the same.
+
+A stream with boosted phrases (a :class:`~brogue.engine.context_graph.Booster`) is decoded the same
+way, except that at each step the tokens extending one of its phrases have their log-probability
+raised by their bonus before the argmax; the other rows of the batch are untouched.
 """
 
 from __future__ import annotations
@@ -46,6 +50,23 @@ def ctc_greedy(logprobs: np.ndarray, lengths: np.ndarray, last_tokens: np.ndarra
     last_tokens[spoken] = best[spoken, lengths[spoken] - 1]
     return [Decoded(tokens[a:z].tolist(), frames[a:z].tolist(), conf[a:z].tolist(), blank_probs[b, :lengths[b]])
             for b, (a, z) in enumerate(zip(cuts[:-1], cuts[1:]))]
+
+
+def ctc_greedy_boosted(logprobs: np.ndarray, length: int, last_token: int, blank: int, booster) -> tuple[Decoded, int]:
+    """Greedy CTC over one row's ``logprobs [T, V+1]`` with ``booster`` (advanced in place); returns
+    (its :class:`Decoded`, the new last frame token). A repeat of the previous frame's token emits
+    nothing, so it earns no bonus; the confidence is the token's unboosted probability."""
+    out = Decoded(blank_probs=np.exp(logprobs[:length, blank]))
+    prev = last_token
+    for t in range(length):
+        k = booster.pick(logprobs[t], blank, repeat=prev)
+        if k != blank and k != prev:
+            out.tokens.append(k)
+            out.frames.append(t)
+            out.confidences.append(float(np.exp(logprobs[t, k])))
+            booster.advance(k)
+        prev = k
+    return out, prev
 
 
 class _TorchStep:
@@ -96,9 +117,9 @@ class RNNTGreedy:
         g, h2, c2 = self._decoder(targets, h, c)
         return g, h2, c2
 
-    def __call__(self, encoded: np.ndarray, lengths: np.ndarray, state) -> list[Decoded]:
+    def __call__(self, encoded: np.ndarray, lengths: np.ndarray, state, boosters=None) -> list[Decoded]:
         """Decode ``encoded [B, T, D]``; ``state = (dec_out [B,H], h [L,B,H], c [L,B,H], last [B])``
-        is updated in place."""
+        is updated in place. ``boosters``: per row, a Booster or None."""
         g, h, c, last = state
         B = encoded.shape[0]
         out = [Decoded(blank_probs=np.zeros(int(lengths[b]), dtype=np.float32)) for b in range(B)]
@@ -109,6 +130,10 @@ class RNNTGreedy:
                     break
                 logp = self._joint(np.ascontiguousarray(encoded[rows, t]), g[rows])[0]
                 k = logp.argmax(axis=-1)
+                if boosters is not None:
+                    for i, b in enumerate(rows):
+                        if boosters[b] is not None:
+                            k[i] = boosters[b].pick(logp[i], self.blank)
                 if symbol == 0:
                     for i, b in enumerate(rows):
                         out[b].blank_probs[t] = np.exp(logp[i, self.blank])
@@ -117,6 +142,8 @@ class RNNTGreedy:
                 if rows.size == 0:
                     break
                 for i, b in enumerate(rows):
+                    if boosters is not None and boosters[b] is not None:
+                        boosters[b].advance(int(k[i]))
                     out[b].tokens.append(int(k[i]))
                     out[b].frames.append(t)
                     out[b].confidences.append(float(np.exp(logp[i, k[i]])))

@@ -26,10 +26,12 @@ import numpy as np
 from brogue.audio.mel import StreamingMel, _Kernel
 
 from .beam import BeamConfig, BeamState, CTCBeamSearch
-from .decoding import Decoded, RNNTGreedy, ctc_greedy
+from .context_graph import Booster
+from .decoding import Decoded, RNNTGreedy, ctc_greedy, ctc_greedy_boosted
 from .encoder import Encoder
 from .lm import MixedLM, load_lm
 from .metadata import ModelMeta
+from .phrases import PhraseTokenizer
 from .stream import StreamState
 from .weights import SharedWeights
 from .vocab import Detokenizer
@@ -125,6 +127,7 @@ class StreamingRunner:
         self.bank = self.encoder.bank
         self.pool = self.encoder.pool
         self.detok = Detokenizer(self.meta.tokens, self.meta.vocab_kind)
+        self._phrases = None  # a PhraseTokenizer, made when a stream first boosts a phrase
         self._frame_seconds = self.meta.frame_seconds  # per emitted token: not rebuilt from model.json
         self._lm_surfaces = self.detok.lm_surfaces()  # each token's text as an LM scores it
         # The characters this model can write: every LM it decodes with counts them as seen.
@@ -197,15 +200,25 @@ class StreamingRunner:
             s = self._searchers[slot] = CTCBeamSearch(self._lm_surfaces, self.blank, lm, self.beam_config)
         return s
 
+    @property
+    def phrases(self) -> PhraseTokenizer:
+        """Boost phrases to token ids and context graphs (cached per phrase set)."""
+        if self._phrases is None:
+            self._phrases = PhraseTokenizer.for_model(self.meta, self.meta.root)
+        return self._phrases
+
     # -- streams ---------------------------------------------------------------------------------
 
-    def open(self, stream_id, *, slot: int = 0, latency: str | None = None) -> StreamState:
+    def open(self, stream_id, *, slot: int = 0, latency: str | None = None, boost=()) -> StreamState:
         """A new stream reading bank ``slot``, at ``latency`` (a name from model.json, or the default),
         with a row of the state pool (:class:`~brogue.engine.state_pool.PoolFull` when none is free).
-        The row returns to the pool when the stream's last chunk is decoded, or on :meth:`close`."""
+        The row returns to the pool when the stream's last chunk is decoded, or on :meth:`close`.
+        ``boost``: phrases (:class:`brogue.boosting.BoostPhrase`) this stream's decoding favours;
+        a :class:`~brogue.engine.phrases.PhraseError` if the vocabulary cannot write one."""
         if not 0 <= slot < self.bank.slots:
             raise ValueError(f"slot {slot} out of range 0..{self.bank.slots - 1}")
         lat = self.latency(latency)
+        graph = self.phrases.graph(boost) if boost else None
         st = StreamState(
             stream_id=stream_id,
             latency=lat,
@@ -218,7 +231,9 @@ class StreamingRunner:
             st.dec_out, st.h, st.c = g[0].copy(), h[:, 0].copy(), c[:, 0].copy()
             st.last_token = self.blank
         if self.beam_config is not None:
-            st.beam = BeamState()
+            st.beam = BeamState(context=graph)
+        elif graph is not None:
+            st.booster = Booster(graph)
         return st
 
     def close(self, st: StreamState) -> None:
@@ -319,14 +334,17 @@ class StreamingRunner:
         if self.rnnt is None:
             last = np.array([st.last_token for st in states], dtype=np.int64)
             res = ctc_greedy(out, n_out, last, self.blank)
-            for st, tok in zip(states, last):
+            for i, (st, tok) in enumerate(zip(states, last)):
+                if st.booster is not None:  # redone for this row alone, with its phrases
+                    res[i], tok = ctc_greedy_boosted(out[i], int(n_out[i]), st.last_token, self.blank, st.booster)
                 st.last_token = int(tok)
             return res
         g = np.stack([st.dec_out for st in states])
         h = np.stack([st.h for st in states], axis=1)
         c = np.stack([st.c for st in states], axis=1)
         last = np.array([st.last_token for st in states], dtype=np.int64)
-        res = self.rnnt(out, n_out, (g, h, c, last))
+        boosters = [st.booster for st in states]
+        res = self.rnnt(out, n_out, (g, h, c, last), boosters if any(boosters) else None)
         for i, st in enumerate(states):
             st.dec_out, st.h, st.c, st.last_token = g[i], h[:, i], c[:, i], int(last[i])
         return res
@@ -334,16 +352,18 @@ class StreamingRunner:
     # -- convenience -----------------------------------------------------------------------------
 
     def transcribe(self, audios, slots=None, *, packet: int | None = None, latency: str | None = None,
-                   on_step=None):
+                   on_step=None, boosts=None):
         """Stream whole utterances (float32, model rate) in lock-step packets; return their final
         states (``.tokens``). ``on_step`` receives each step's outputs.
 
         ``packet``: samples per step (default: one steady chunk of audio). Used by tests and eval.
+        ``boosts``: per utterance, its boost phrases (see :meth:`open`).
         """
         slots = slots or [0] * len(audios)
+        boosts = boosts or [()] * len(audios)
         lat = self.latency(latency)
         packet = packet or lat.shift_size[1] * self.meta.mel.hop_length
-        states = [self.open(i, slot=s, latency=latency) for i, s in enumerate(slots)]
+        states = [self.open(i, slot=s, latency=latency, boost=b) for i, (s, b) in enumerate(zip(slots, boosts))]
         for pos in range(0, max(len(a) for a in audios) + 1, packet):
             res = self.step([(st, a[pos : pos + packet], pos + packet >= len(a))
                              for st, a in zip(states, audios) if not st.ended])

@@ -72,6 +72,7 @@ class StreamState:
     last_active: float = field(default_factory=time.monotonic)
     tokens: list[int] = field(default_factory=list)
     beam: object = None  # a BeamState under LM beam search (CTC), until the stream's last chunk
+    booster: object = None  # greedy decoding with boosted phrases: a context_graph.Booster
 
     def __post_init__(self):
         if self.frames is None:

@@ -24,9 +24,11 @@ speakers into one transcript; send each channel as its own stream. ``max_alterna
 clamped to 1 (the proto's "at most"). ``model``: empty, the model's name (the default latency), or a
 latency name of model.json; anything else is INVALID_ARGUMENT. ``language_code``: empty or English;
 others are INVALID_ARGUMENT. ``enable_word_time_offsets``, ``endpointing_config`` and
-``interim_results`` apply. Refused: speaker diarization. Ignored: punctuation, profanity filter,
-speech contexts (boosting), custom configuration, verbatim_transcripts (transcripts are always
-verbatim), ``runtime_config``, request ids.
+``interim_results`` apply, and so do ``speech_contexts``: each phrase is boosted by its context's
+``boost`` (:mod:`brogue.boosting`; a context without a boost gets the default), merged with the
+tenant's phrases. Refused: speaker diarization. Ignored: punctuation, profanity filter, custom
+configuration, verbatim_transcripts (transcripts are always verbatim), ``runtime_config``, request
+ids.
 
 Errors are gRPC status codes with the gateway's message (see ``STATUS``), counted in
 ``brogue_errors_total{api="riva"}``.
@@ -46,6 +48,7 @@ import riva.client.proto.riva_asr_pb2_grpc as rasr_grpc
 import riva.client.proto.riva_audio_pb2 as raudio
 
 from brogue.audio.codecs import SAMPLE_RATES
+from brogue.boosting import DEFAULT_BOOST, validate
 from brogue.errors import WIRE, ErrorCode
 
 from ..endpointing import EndpointingConfig
@@ -285,9 +288,10 @@ def session_config(gateway: Gateway, rc, audio: bytes, final: bool, interim: boo
                                          f"{', '.join(map(str, SAMPLE_RATES))}")
     try:
         ep = EndpointingConfig.from_riva(rc.endpointing_config)
-    except ValueError as e:
+        boost = validate((p, c.boost if c.boost else DEFAULT_BOOST) for c in rc.speech_contexts for p in c.phrases)
+    except ValueError as e:  # BoostError too
         raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
-    return SessionConfig(rate, encoding, interim, ep, latency(gateway, rc.model)), audio, size
+    return SessionConfig(rate, encoding, interim, ep, latency(gateway, rc.model), boost), audio, size
 
 
 def alternative(ev, with_words: bool) -> rasr.SpeechRecognitionAlternative:

@@ -107,6 +107,7 @@ class TritonPythonModel:
                 audio=None if audio is None else audio.as_numpy(),
                 adapter=_text(r, "ADAPTER"),
                 latency=_text(r, "LATENCY"),
+                boost=_text(r, "BOOST"),
             ))
         responses = []
         for res in self.model.execute(chunks):
