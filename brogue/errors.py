@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     IDLE = "idle"  # the client sent nothing for too long
     SLOW_CLIENT = "slow_client"  # the client did not read its results
     INTERNAL = "internal"  # a bug or an engine failure
+    NOT_FOUND = "not_found"  # an HTTP request for a model (or path) that does not exist for the tenant
+    TOO_LARGE = "too_large"  # an HTTP upload over the gateway's size limit, or audio over the tenant's length
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ WIRE: dict[ErrorCode, Wire] = {
     ErrorCode.IDLE: Wire(1001, "DEADLINE_EXCEEDED", 408),
     ErrorCode.SLOW_CLIENT: Wire(1008, "RESOURCE_EXHAUSTED", 429),
     ErrorCode.INTERNAL: Wire(1011, "INTERNAL", 500),
+    ErrorCode.NOT_FOUND: Wire(1008, "NOT_FOUND", 404),
+    ErrorCode.TOO_LARGE: Wire(1009, "RESOURCE_EXHAUSTED", 413),
 }
 
 _TAG = re.compile(r"\[([a-z_]+)\] ")

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from websockets.asyncio.server import serve as ws_serve
 
 from .gateway import Gateway, GatewayConfig
+from .http_front import serve_http_port
+from .openai import OpenAIApi, UploadLimits
 from .websocket import ConnectionLimits, WebSocketFrontEnd, handshake_logger
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def _grpc_servicers(gateway: Gateway, server: grpc.aio.Server) -> None:
 
 async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: ConnectionLimits = ConnectionLimits(),
                       started: asyncio.Event | None = None, grpc_services: bool = True, handle_signals: bool = False,
-                      drain_seconds: float = DRAIN_SECONDS, metrics=None) -> None:
+                      drain_seconds: float = DRAIN_SECONDS, metrics=None,
+                      upload_limits: UploadLimits = UploadLimits()) -> None:
     """Serve until cancelled, or (``handle_signals``) until SIGTERM or SIGINT; ``started`` is set
     once every port listens. Either way it drains before returning (see :func:`_drain`). The Triton
     instances are probed all along (:meth:`TritonPool.watch`): streams go to ready ones only."""
@@ -88,13 +90,14 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
             server.add_secure_port(a, grpc_creds) if grpc_creds else server.add_insecure_port(a)
             await server.start()
             servers.append(server)
-    ws_server = await ws_serve(front.handler, listen.host, listen.http_port, process_request=front.process_request,
-                               max_size=limits.max_frame_bytes, ssl=ssl_ctx, ping_interval=limits.keepalive_seconds,
-                               ping_timeout=limits.keepalive_seconds,
-                               logger=handshake_logger())
+    # WebSocket, page, /metrics and the OpenAI API (/v1/audio/transcriptions, /v1/models) share the port
+    ws_server = await serve_http_port(front.handler, front.process_request, OpenAIApi(gateway, upload_limits),
+                                      listen.host, listen.http_port, max_size=limits.max_frame_bytes, ssl=ssl_ctx,
+                                      ping_interval=limits.keepalive_seconds, ping_timeout=limits.keepalive_seconds,
+                                      logger=handshake_logger())
     scheme = "wss" if ssl_ctx else "ws"
-    log.info("gateway: %s://%s:%d/v1/stream, page and /metrics on the same port; gRPC %s; admin %s",
-             scheme, listen.host, listen.http_port, addr, admin_addr)
+    log.info("gateway: %s://%s:%d/v1/stream, page, /metrics and the OpenAI API (/v1/audio/transcriptions) on the "
+             "same port; gRPC %s; admin %s", scheme, listen.host, listen.http_port, addr, admin_addr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = []
@@ -119,9 +122,10 @@ async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, second
     """Stop taking streams and end the live ones cleanly within ``seconds``.
 
     WebSocket streams end as if their client had sent ``close``: finals for all audio received,
-    ``end``, then close 1001 (going away). gRPC calls get ``seconds`` to finish, then are cancelled
-    (the client sees CANCELLED). Every stream's cleanup ends its Triton sequence (END), so Triton
-    frees the state now rather than at its idle sweep."""
+    ``end``, then close 1001 (going away). gRPC calls and OpenAI API requests get ``seconds`` to
+    finish, then are cancelled (the client sees CANCELLED, or a cut HTTP connection). Every
+    stream's cleanup ends its Triton sequence (END), so Triton frees the state now rather than at
+    its idle sweep."""
     ws_server.close(close_connections=False)  # no new connections; live ones go on
     front.gateway.shutdown()
     jobs = [ws_server.wait_closed(), *(s.stop(seconds) for s in grpc_servers)]
@@ -139,7 +143,7 @@ async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, second
 def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], listen: Listen = Listen(),
           model_dir: Path | None = None, latencies: tuple[str, ...] = (),
           limits: ConnectionLimits = ConnectionLimits(), triton_timeout: float = 240.0,
-          supervision: dict | None = None) -> None:
+          supervision: dict | None = None, upload_limits: UploadLimits = UploadLimits()) -> None:
     """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block.
 
     The bundled Triton serves ``model_dir`` (default ``MODEL_REPOSITORY/exported/demo``) at
@@ -172,6 +176,7 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
                                store_dir=Path(model_repository) / "adapters", latencies=tuple(latencies))
         try:
             # the loop handles SIGTERM/SIGINT from here on, and drains before Triton is stopped
-            asyncio.run(run_gateway(config, listen, limits, handle_signals=True, metrics=metrics))
+            asyncio.run(run_gateway(config, listen, limits, handle_signals=True, metrics=metrics,
+                                    upload_limits=upload_limits))
         except KeyboardInterrupt:
             pass

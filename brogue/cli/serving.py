@@ -42,7 +42,7 @@ def serve(
     latencies: str = typer.Option("", help="Latencies served, comma-separated names from model.json "
                                            "(default: all); only these are loaded."),
     host: str = typer.Option("127.0.0.1", help="Address of the public ports."),
-    http_port: int = typer.Option(8080, help="WebSocket /v1/stream, browser page, /metrics."),
+    http_port: int = typer.Option(8080, help="WebSocket /v1/stream, browser page, /metrics, OpenAI API."),
     grpc_port: int = typer.Option(50051, help="Riva-compatible gRPC and health."),
     admin_host: str = typer.Option("127.0.0.1", help="Address of the admin gRPC port (loopback by default)."),
     admin_port: int = typer.Option(50052, help="Admin gRPC."),
@@ -54,12 +54,15 @@ def serve(
                                                            "long is dropped ('slow_client')."),
     keepalive_seconds: float = typer.Option(20.0, min=0.1, help="WebSocket ping interval, and how long a pong may "
                                                                 "take before the client is dropped."),
+    max_upload_mb: float = typer.Option(200.0, min=0.001, help="OpenAI API: the largest audio file accepted, in MB "
+                                                               "(10^6 bytes); larger uploads get 413."),
     log_level: str = typer.Option("INFO"),
 ):
     """Start Triton (bundled, or --triton-url) and the gateway: WebSocket, Riva gRPC, admin, metrics."""
     import logging
 
     from brogue.server.app import Listen, serve as serve_gateway
+    from brogue.server.openai import UploadLimits
     from brogue.server.websocket import ConnectionLimits
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,7 +75,8 @@ def serve(
         serve_gateway(model_repository, tenants=tenants, triton_urls=triton_url, model_dir=model_dir, latencies=lats,
                       listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key),
                       limits=ConnectionLimits(idle_seconds=idle_seconds, send_seconds=send_timeout,
-                                              keepalive_seconds=keepalive_seconds))
+                                              keepalive_seconds=keepalive_seconds),
+                      upload_limits=UploadLimits(max_file_bytes=int(max_upload_mb * 1e6)))
     except (ModelMismatch, ValueError, TritonNotFound, TritonServerError) as e:
         _fail(str(e))
 
