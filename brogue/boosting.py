@@ -98,8 +98,10 @@ def from_wire(text: str) -> tuple[BoostPhrase, ...]:
 
 
 def phrases_from_prompt(prompt: str, boost: float = DEFAULT_BOOST) -> tuple[BoostPhrase, ...]:
-    """The phrases of an OpenAI-style ``prompt``: split at commas, semicolons and line ends, each
-    boosted by ``boost``. A prompt is free text; this is how Brogue reads it (docs/openai.md)."""
+    """The phrases of an OpenAI-style ``prompt``: split at sentence punctuation (``, ; : . ! ?``),
+    double quotes and line ends, each boosted by ``boost``. A prompt is free text (Whisper reads it
+    as preceding context); this is how Brogue reads it (docs/openai.md): "Dr. Smith, warfarin." is
+    the phrases "dr", "smith" and "warfarin"."""
     if not isinstance(prompt, str):
         raise BoostError("prompt must be text")
-    return validate((p for p in re.split(r"[,;\n]+", prompt)), default_boost=boost)
+    return validate((p for p in re.split(r'[,;:.!?"\n]+', prompt)), default_boost=boost)
