@@ -126,6 +126,11 @@ class AdminClient:
     def assign(self, tenant: str, adapter: str) -> pb.Tenant:
         return self._call(self.stub.AssignAdapter, pb.AssignAdapterRequest(tenant=tenant, adapter=adapter))
 
+    def set_boost(self, tenant: str, phrases) -> pb.Tenant:
+        """Replace ``tenant``'s boost phrases: ``(text, boost)`` pairs (boost 0: the default)."""
+        return self._call(self.stub.SetTenantBoost, pb.SetTenantBoostRequest(
+            tenant=tenant, phrases=[pb.BoostPhrase(phrase=t, boost=b) for t, b in phrases]))
+
     def tenants(self) -> list[pb.Tenant]:
         return list(self._call(self.stub.ListTenants, pb.ListTenantsRequest()).tenants)
 
@@ -144,4 +149,4 @@ def adapter_dict(a: pb.Adapter) -> dict:
 def tenant_dict(t: pb.Tenant) -> dict:
     return {"name": t.name, "adapter": t.adapter or None, "max_streams": t.max_streams,
             "max_stream_seconds": t.max_stream_seconds, "live_streams": t.live_streams,
-            "api_keys": t.api_keys}
+            "api_keys": t.api_keys, "boost": [{"phrase": p.phrase, "boost": p.boost} for p in t.boost]}

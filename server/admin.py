@@ -29,8 +29,9 @@ from pathlib import Path
 import grpc
 
 from brogue.adapters import AdapterError, AdapterRef, BaseSpec
-
 from brogue.adapters.store import AdapterStore
+from brogue.boosting import DEFAULT_BOOST, validate
+
 from .protos import brogue_admin_pb2 as pb
 from .protos import brogue_admin_pb2_grpc as pb_grpc
 from .tenants import AuthError
@@ -195,6 +196,23 @@ class AdminService(pb_grpc.AdminServicer):
                  tenant.adapter or "base model")
         return self._tenant_message(tenant)
 
+    async def SetTenantBoost(self, request: pb.SetTenantBoostRequest, context) -> pb.Tenant:
+        await self._authorize(context, "SetTenantBoost")
+        if request.tenant not in self.gateway.tenants.tenants():
+            await self._abort(context, grpc.StatusCode.NOT_FOUND, "bad_request", f"no tenant {request.tenant!r}")
+        try:
+            phrases = validate((p.phrase, p.boost or DEFAULT_BOOST) for p in request.phrases)
+            self.gateway.check_phrases(phrases)  # the served model must be able to write them
+        except ValueError as e:  # BoostError, PhraseError
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request", str(e))
+        try:
+            tenant = await asyncio.to_thread(self.gateway.tenants.set_boost, request.tenant, phrases)
+        except (ValueError, OSError) as e:
+            await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, "internal",
+                              f"could not rewrite the tenants file: {e}")
+        log.info("admin SetTenantBoost: tenant %s has %d boost phrase(s) (new streams)", tenant.name, len(phrases))
+        return self._tenant_message(tenant)
+
     async def ListTenants(self, request, context) -> pb.ListTenantsResponse:
         await self._authorize(context, "ListTenants")
         tenants = self.gateway.tenants.tenants()
@@ -220,7 +238,8 @@ class AdminService(pb_grpc.AdminServicer):
         live = self.gateway.tenants.live_streams().get(t.name, 0)
         return pb.Tenant(name=t.name, adapter=t.adapter, max_streams=t.max_streams,
                          max_stream_seconds=t.max_stream_seconds, live_streams=live,
-                         api_keys=len(t.key_hashes))
+                         api_keys=len(t.key_hashes),
+                         boost=[pb.BoostPhrase(phrase=p.text, boost=p.boost) for p in t.boost])
 
 
 def add_admin(gateway, server: grpc.aio.Server) -> AdminService:

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from brogue.audio.codecs import AudioFormatError
-from brogue.boosting import BoostError, merge, to_wire
+from brogue.boosting import merge, to_wire
 from brogue.errors import ErrorCode
 from brogue.engine.metadata import ModelMeta
+from brogue.engine.phrases import PhraseTokenizer
 
 from .metrics import Metrics
 from .session import ModelInfo, Result, SessionConfig, StreamSession
@@ -65,6 +66,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, metrics: Metrics | None = None):
         self.config = config
         self.meta = ModelMeta.load(config.model_dir)
+        self._phrases = None  # a PhraseTokenizer of the served model, made by the first boosted stream
         self.latencies = self.meta.served_latencies(list(config.latencies))  # ValueError for unknown ones
         self.tenants = TenantRegistry(config.tenants_file)
         self.pool = TritonPool(list(config.triton_urls), model=config.model, fingerprint=self.meta.fingerprint)
@@ -139,6 +141,15 @@ class Gateway:
         ``config.model_dir``: its tokens would be decoded with the wrong vocabulary."""
         await self.pool.check_models(str(self.config.model_dir))
 
+    def check_phrases(self, phrases) -> None:
+        """A :class:`~brogue.engine.phrases.PhraseError` for a boost phrase the served model cannot
+        write, before any stream asks Triton for it (Triton's model checks again)."""
+        if phrases:
+            if self._phrases is None:
+                self._phrases = PhraseTokenizer.for_model(self.meta, self.config.model_dir)
+            for p in phrases:
+                self._phrases.encode(p.text)
+
     def model_info(self, latency: str | None) -> ModelInfo:
         try:
             return ModelInfo.from_meta(self.meta, self.meta.served_latency(latency, self.latencies).name)
@@ -173,7 +184,8 @@ class Gateway:
                 raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
             try:
                 boost = merge(tenant.boost, config.boost)
-            except BoostError as e:
+                self.check_phrases(boost)
+            except ValueError as e:  # BoostError, PhraseError
                 raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
             try:
                 seq = self.pool.open(adapter=tenant.adapter if adapter is None else adapter,

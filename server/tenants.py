@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import threading
@@ -192,10 +193,24 @@ class TenantRegistry:
         """Point ``tenant`` at ``adapter`` and write the file (atomically). Open streams keep theirs."""
         if adapter:
             AdapterRef.parse(adapter)
+        return self._rewrite(tenant, "adapter", json.dumps(adapter), lambda t: t.adapter == adapter)
+
+    def set_boost(self, tenant: str, phrases) -> Tenant:
+        """Replace ``tenant``'s boost phrases (:class:`brogue.boosting.BoostPhrase`, validated) and
+        write the file (atomically). Open streams keep the phrases they started with."""
+        phrases = validate(phrases)
+        value = "[" + ", ".join(f"{{ phrase = {json.dumps(p.text)}, boost = {p.boost:g} }}" for p in phrases) + "]"
+        return self._rewrite(tenant, "boost", value, lambda t: t.boost == phrases)
+
+    def _rewrite(self, tenant: str, key: str, value: str, check) -> Tenant:
+        """Set ``key`` of ``tenant`` to the TOML ``value``; the new text is parsed and ``check``\ ed
+        (on the tenant as it would read) before it replaces the file."""
         with self._lock:
             if tenant not in self._tenants:
                 raise KeyError(f"no tenant {tenant!r}")
-            updated = _set_toml_adapter(self.path.read_text(), tenant, adapter)
+            updated = _set_toml_key(self.path.read_text(), tenant, key, value)
+            if not check(parse_tenants(updated)[0][tenant]):
+                raise ValueError(f"could not rewrite {key} of tenant {tenant}")
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(updated)
             os.replace(tmp, self.path)
@@ -204,8 +219,9 @@ class TenantRegistry:
         return self._tenants[tenant]
 
 
-def _set_toml_adapter(text: str, tenant: str, adapter: str) -> str:
-    """Rewrite (or add) the ``adapter = "..."`` line of ``[tenants.NAME]``, keeping the rest."""
+def _set_toml_key(text: str, tenant: str, key: str, value: str) -> str:
+    """Rewrite (or add) the one-line ``KEY = VALUE`` of ``[tenants.NAME]`` (``value`` is TOML),
+    keeping the rest of the file as it is."""
     lines = text.splitlines()
     header = f"[tenants.{tenant}]"
     out, in_table, done = [], False, False
@@ -213,18 +229,14 @@ def _set_toml_adapter(text: str, tenant: str, adapter: str) -> str:
         stripped = line.strip()
         if stripped.startswith("["):
             if in_table and not done:
-                out.append(f'adapter = "{adapter}"')
+                out.append(f"{key} = {value}")
                 done = True
             in_table = stripped == header
-        elif in_table and stripped.split("=")[0].strip() == "adapter":
-            out.append(f'adapter = "{adapter}"')
+        elif in_table and stripped.split("=")[0].strip() == key:
+            out.append(f"{key} = {value}")
             done = True
             continue
         out.append(line)
     if in_table and not done:
-        out.append(f'adapter = "{adapter}"')
-    result = "\n".join(out) + "\n"
-    tenants, _ = parse_tenants(result)
-    if tenants[tenant].adapter != adapter:
-        raise ValueError(f"could not rewrite the adapter of tenant {tenant}")
-    return result
+        out.append(f"{key} = {value}")
+    return "\n".join(out) + "\n"

@@ -81,6 +81,7 @@ def test_requests_are_validated_merged_and_carried_as_json():
     assert from_wire(to_wire(p)) == p
     assert merge(p, (BoostPhrase("heparin", 9.0),)) == (BoostPhrase("metformin", 12.0), BoostPhrase("heparin", 9.0))
     assert [x.text for x in phrases_from_prompt("Acme Cloud, zyrtec;\nwarfarin")] == ["acme cloud", "zyrtec", "warfarin"]
+    assert [x.text for x in phrases_from_prompt('Dr. Smith, welcome! "Zyrtec"?')] == ["dr", "smith", "welcome", "zyrtec"]
     for bad, what in (([("x", -1)], "not a number"), ([("x", float("nan"))], "not a number"), ([("x", True)], "not a number"),
                       ([3], "must be text"), (["x" * (MAX_PHRASE_CHARS + 1)], "characters"),
                       ([f"p{i}" for i in range(MAX_PHRASES + 1)], "more than")):
@@ -191,3 +192,82 @@ def test_a_tenants_phrases_come_from_the_tenants_file():
     assert tenants["pharma"].boost == (BoostPhrase("metformin", 8.0), BoostPhrase("heparin", 12.0))
     with pytest.raises(ValueError, match="tenant pharma: boost"):
         parse_tenants(text.replace("boost = 12", "boost = 99"))
+
+
+def test_a_tenants_phrases_set_through_the_admin_api_reach_its_new_streams(gateway, clips, tmp_path):
+    import os
+    import sys
+
+    from brogue.clients.admin import AdminClient, AdminClientError
+    from conftest import ADMIN_TOKEN, REPO
+
+    audio, phrase, _ = clips[0]
+    pcm = pcm16(audio).tobytes()
+
+    def final_words():
+        msgs = asyncio.run(stream_ws(gateway.ws_url, DEMO_KEYS["base"], pcm))
+        return " ".join(m["transcript"] for m in msgs if m["type"] == "final").split()
+
+    admin = f"127.0.0.1:{gateway.admin_port}"
+    assert phrase not in final_words()
+    env = {**os.environ, "BROGUE_ADMIN_TOKEN": ADMIN_TOKEN}
+    out = subprocess.run([sys.executable, "-m", "brogue.cli", "adapters", "boost", "base", f"{phrase}:{BOOST:g}",
+                          "acme cloud", "--admin", admin], capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    said = out.stdout + out.stderr  # the console writes to stderr
+    assert f"{phrase} ({BOOST:g})" in said and "acme cloud (8)" in said
+    try:
+        assert f'phrase = "{phrase}", boost = {BOOST:g}' in gateway.tenants_file.read_text()
+        assert phrase in final_words()  # the tenant's list, with no phrase in the request
+        with AdminClient(admin, ADMIN_TOKEN) as c:
+            t = next(t for t in c.tenants() if t.name == "base")
+            assert [(p.phrase, p.boost) for p in t.boost] == [(phrase, BOOST), ("acme cloud", 8.0)]
+            before = gateway.tenants_file.read_text()
+            for bad, code, what in (([("x" * 200, 1.0)], "INVALID_ARGUMENT", "characters"),
+                                    ([("naïve", 1.0)], "INVALID_ARGUMENT", "cannot write"),
+                                    ([("ok", 80.0)], "INVALID_ARGUMENT", "not a number in")):
+                with pytest.raises(AdminClientError) as e:
+                    c.set_boost("base", bad)
+                assert e.value.code == code and what in str(e.value), (bad, e.value)
+            with pytest.raises(AdminClientError) as e:
+                c.set_boost("nobody", [("ok", 1.0)])
+            assert e.value.code == "NOT_FOUND"
+            assert gateway.tenants_file.read_text() == before  # a refused request writes nothing
+    finally:
+        with AdminClient(admin, ADMIN_TOKEN) as c:
+            assert list(c.set_boost("base", []).boost) == []
+    assert phrase not in final_words()
+
+
+def test_rnnt_greedy_with_a_sentencepiece_vocabulary_boosts_through_the_exported_tokenizer(tmp_path):
+    """A tiny random RNNT model with a BPE vocabulary (export path of any NeMo RNNT checkpoint): the
+    phrase is tokenized by the exported tokenizer.model, and the greedy RNNT loop writes it when
+    boosted hard, in its own row only."""
+    import sentencepiece as spm
+    import torch
+
+    from brogue.export.configs import build_model
+    from brogue.export.nemo_export import export_model
+    from nemo_reference import make_talkative
+
+    text = ["patients received furosemide and metformin twice a day", "the quick brown fox jumps"] * 30
+    (tmp_path / "text.txt").write_text("\n".join(text))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "text.txt"), model_prefix=str(tmp_path / "tokenizer"),
+                                   vocab_size=40, model_type="bpe", character_coverage=1.0, bos_id=-1, eos_id=-1)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    (tmp_path / "vocab.txt").write_text("".join(sp.id_to_piece(i) + "\n" for i in range(sp.get_piece_size())))
+    torch.manual_seed(0)
+    model = build_model("rnnt", tokenizer_dir=tmp_path, d_model=64, n_layers=2, n_heads=2, att_context_size=[16, 7])
+    make_talkative(model)
+    export_model(model, tmp_path / "m", head="rnnt", max_adapter_dim=8)
+    runner = StreamingRunner(tmp_path / "m")
+    assert runner.phrases.encode("metformin") == sp.encode("metformin")
+    rng = np.random.default_rng(0)
+    audios = [(rng.standard_normal(32000) * 0.1).astype(np.float32) for _ in range(2)]
+    plain = [runner.detok.decode(s.tokens) for s in runner.transcribe(audios)]
+    assert "metformin" not in plain[1]
+    boosted = runner.transcribe(audios, boosts=[(), validate([("metformin", 50.0)])])
+    texts = [runner.detok.decode(s.tokens) for s in boosted]
+    assert texts[0] == plain[0] and "metformin" in texts[1], (plain, texts)
+    with pytest.raises(PhraseError, match="does not know"):
+        runner.phrases.encode("zürich")

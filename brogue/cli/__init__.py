@@ -5,7 +5,7 @@ so serving never imports torch.
 - :mod:`.serving`: ``triton``, ``serve``, ``demo``;
 - :mod:`.streaming`: ``mic``, ``transcribe``;
 - :mod:`.data`: ``corpus``, ``adapt``, ``eval``;
-- :mod:`.adapters`: ``adapters push|assign|list``;
+- :mod:`.adapters`: ``adapters push|assign|boost|list``;
 - :mod:`.bench`: ``bench``, ``faults``, ``soak``.
 """
 

@@ -1,4 +1,4 @@
-"""``brogue adapters push|assign|list``: the admin API of a running gateway."""
+"""``brogue adapters push|assign|boost|list``: the admin API of a running gateway."""
 
 from __future__ import annotations
 
@@ -71,6 +71,26 @@ def adapters_assign(
     t = _admin_call(admin, token, tls_ca, lambda c: c.assign(tenant, ref))
     console.print(f"tenant {t.name} -> {t.adapter or 'base model'} (new streams; {t.live_streams} open stream(s) "
                   "keep their adapter)")
+
+
+@adapters_app.command("boost")
+def adapters_boost(
+    tenant: str = typer.Argument(..., help="Tenant name."),
+    phrases: list[str] = typer.Argument(None, help="Phrases, each PHRASE or PHRASE:BOOST (default boost 8); "
+                                                  "none clears the tenant's list."),
+    admin: str = _ADMIN, token: Optional[str] = _TOKEN, tls_ca: Optional[Path] = _TLS_CA,
+):
+    """Set TENANT's boost phrases, merged into each of its new streams (docs/boosting.md)."""
+    pairs = []
+    for item in phrases or []:
+        text, sep, boost = item.rpartition(":")
+        try:
+            pairs.append((text, float(boost)) if sep else (item, 0.0))
+        except ValueError:
+            pairs.append((item, 0.0))  # a colon inside the phrase, no boost
+    t = _admin_call(admin, token, tls_ca, lambda c: c.set_boost(tenant, pairs))
+    listed = ", ".join(f"{p.phrase} ({p.boost:g})" for p in t.boost) or "none"
+    console.print(f"tenant {t.name} boosts: {listed} (new streams)")
 
 
 @adapters_app.command("list")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62rogue_admin.proto\x12\x0f\x62rogue.admin.v1\"\xcf\x01\n\x15PublishAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0bsafetensors\x18\x05 \x01(\x0c\x12\x18\n\x10\x62\x61se_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bsource_json\x18\x07 \x01(\t\x12\x16\n\x0e\x64omain_lm_text\x18\x08 \x01(\t\x12\x18\n\x10\x64omain_lm_weight\x18\t \x01(\x02\"\xab\x02\n\x07\x41\x64\x61pter\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0b\n\x03\x64im\x18\x06 \x01(\x05\x12\x10\n\x08n_layers\x18\x07 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x08 \x01(\x05\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x18\n\x10\x62\x61se_fingerprint\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x12\n\nerror_code\x18\x0e \x01(\t\x12\x0f\n\x07tenants\x18\x0f \x03(\t\x12\x1b\n\x13\x64omain_lm_sentences\x18\x10 \x01(\x05\"7\n\x14\x41ssignAdapterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\"\x80\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x13\n\x0bmax_streams\x18\x03 \x01(\x05\x12\x1a\n\x12max_stream_seconds\x18\x04 \x01(\x01\x12\x14\n\x0clive_streams\x18\x05 \x01(\x05\x12\x10\n\x08\x61pi_keys\x18\x06 \x01(\x05\"\x14\n\x12ListTenantsRequest\"?\n\x13ListTenantsResponse\x12(\n\x07tenants\x18\x01 \x03(\x0b\x32\x17.brogue.admin.v1.Tenant\"\x15\n\x13ListAdaptersRequest\"B\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.brogue.admin.v1.Adapter2\xe3\x02\n\x05\x41\x64min\x12R\n\x0ePublishAdapter\x12&.brogue.admin.v1.PublishAdapterRequest\x1a\x18.brogue.admin.v1.Adapter\x12O\n\rAssignAdapter\x12%.brogue.admin.v1.AssignAdapterRequest\x1a\x17.brogue.admin.v1.Tenant\x12X\n\x0bListTenants\x12#.brogue.admin.v1.ListTenantsRequest\x1a$.brogue.admin.v1.ListTenantsResponse\x12[\n\x0cListAdapters\x12$.brogue.admin.v1.ListAdaptersRequest\x1a%.brogue.admin.v1.ListAdaptersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62rogue_admin.proto\x12\x0f\x62rogue.admin.v1\"\xcf\x01\n\x15PublishAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0bsafetensors\x18\x05 \x01(\x0c\x12\x18\n\x10\x62\x61se_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bsource_json\x18\x07 \x01(\t\x12\x16\n\x0e\x64omain_lm_text\x18\x08 \x01(\t\x12\x18\n\x10\x64omain_lm_weight\x18\t \x01(\x02\"\xab\x02\n\x07\x41\x64\x61pter\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0b\n\x03\x64im\x18\x06 \x01(\x05\x12\x10\n\x08n_layers\x18\x07 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x08 \x01(\x05\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x18\n\x10\x62\x61se_fingerprint\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x12\n\nerror_code\x18\x0e \x01(\t\x12\x0f\n\x07tenants\x18\x0f \x03(\t\x12\x1b\n\x13\x64omain_lm_sentences\x18\x10 \x01(\x05\"7\n\x14\x41ssignAdapterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\",\n\x0b\x42oostPhrase\x12\x0e\n\x06phrase\x18\x01 \x01(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"V\n\x15SetTenantBoostRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12-\n\x07phrases\x18\x02 \x03(\x0b\x32\x1c.brogue.admin.v1.BoostPhrase\"\xad\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x13\n\x0bmax_streams\x18\x03 \x01(\x05\x12\x1a\n\x12max_stream_seconds\x18\x04 \x01(\x01\x12\x14\n\x0clive_streams\x18\x05 \x01(\x05\x12\x10\n\x08\x61pi_keys\x18\x06 \x01(\x05\x12+\n\x05\x62oost\x18\x07 \x03(\x0b\x32\x1c.brogue.admin.v1.BoostPhrase\"\x14\n\x12ListTenantsRequest\"?\n\x13ListTenantsResponse\x12(\n\x07tenants\x18\x01 \x03(\x0b\x32\x17.brogue.admin.v1.Tenant\"\x15\n\x13ListAdaptersRequest\"B\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.brogue.admin.v1.Adapter2\xb6\x03\n\x05\x41\x64min\x12R\n\x0ePublishAdapter\x12&.brogue.admin.v1.PublishAdapterRequest\x1a\x18.brogue.admin.v1.Adapter\x12O\n\rAssignAdapter\x12%.brogue.admin.v1.AssignAdapterRequest\x1a\x17.brogue.admin.v1.Tenant\x12Q\n\x0eSetTenantBoost\x12&.brogue.admin.v1.SetTenantBoostRequest\x1a\x17.brogue.admin.v1.Tenant\x12X\n\x0bListTenants\x12#.brogue.admin.v1.ListTenantsRequest\x1a$.brogue.admin.v1.ListTenantsResponse\x12[\n\x0cListAdapters\x12$.brogue.admin.v1.ListAdaptersRequest\x1a%.brogue.admin.v1.ListAdaptersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADAPTER']._serialized_end=549
   _globals['_ASSIGNADAPTERREQUEST']._serialized_start=551
   _globals['_ASSIGNADAPTERREQUEST']._serialized_end=606
-  _globals['_TENANT']._serialized_start=609
-  _globals['_TENANT']._serialized_end=737
-  _globals['_LISTTENANTSREQUEST']._serialized_start=739
-  _globals['_LISTTENANTSREQUEST']._serialized_end=759
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=761
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=824
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=826
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=847
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=849
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=915
-  _globals['_ADMIN']._serialized_start=918
-  _globals['_ADMIN']._serialized_end=1273
+  _globals['_BOOSTPHRASE']._serialized_start=608
+  _globals['_BOOSTPHRASE']._serialized_end=652
+  _globals['_SETTENANTBOOSTREQUEST']._serialized_start=654
+  _globals['_SETTENANTBOOSTREQUEST']._serialized_end=740
+  _globals['_TENANT']._serialized_start=743
+  _globals['_TENANT']._serialized_end=916
+  _globals['_LISTTENANTSREQUEST']._serialized_start=918
+  _globals['_LISTTENANTSREQUEST']._serialized_end=938
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=940
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1003
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1005
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1026
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1028
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1094
+  _globals['_ADMIN']._serialized_start=1097
+  _globals['_ADMIN']._serialized_end=1535
 # @@protoc_insertion_point(module_scope)

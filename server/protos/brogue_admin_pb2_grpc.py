@@ -44,6 +44,11 @@ class AdminStub:
                 request_serializer=brogue__admin__pb2.AssignAdapterRequest.SerializeToString,
                 response_deserializer=brogue__admin__pb2.Tenant.FromString,
                 _registered_method=True)
+        self.SetTenantBoost = channel.unary_unary(
+                '/brogue.admin.v1.Admin/SetTenantBoost',
+                request_serializer=brogue__admin__pb2.SetTenantBoostRequest.SerializeToString,
+                response_deserializer=brogue__admin__pb2.Tenant.FromString,
+                _registered_method=True)
         self.ListTenants = channel.unary_unary(
                 '/brogue.admin.v1.Admin/ListTenants',
                 request_serializer=brogue__admin__pb2.ListTenantsRequest.SerializeToString,
@@ -78,6 +83,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTenantBoost(self, request, context):
+        """Replace a tenant's boost phrases (merged into every stream of the tenant with the request's).
+        Open streams keep the phrases they started with. INVALID_ARGUMENT for phrases over the limits
+        or that the served model cannot write; NOT_FOUND for an unknown tenant. Empty clears the list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTenants(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -102,6 +116,11 @@ def add_AdminServicer_to_server(servicer, server):
             'AssignAdapter': grpc.unary_unary_rpc_method_handler(
                     servicer.AssignAdapter,
                     request_deserializer=brogue__admin__pb2.AssignAdapterRequest.FromString,
+                    response_serializer=brogue__admin__pb2.Tenant.SerializeToString,
+            ),
+            'SetTenantBoost': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantBoost,
+                    request_deserializer=brogue__admin__pb2.SetTenantBoostRequest.FromString,
                     response_serializer=brogue__admin__pb2.Tenant.SerializeToString,
             ),
             'ListTenants': grpc.unary_unary_rpc_method_handler(
@@ -168,6 +187,33 @@ class Admin:
             target,
             '/brogue.admin.v1.Admin/AssignAdapter',
             brogue__admin__pb2.AssignAdapterRequest.SerializeToString,
+            brogue__admin__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantBoost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brogue.admin.v1.Admin/SetTenantBoost',
+            brogue__admin__pb2.SetTenantBoostRequest.SerializeToString,
             brogue__admin__pb2.Tenant.FromString,
             options,
             channel_credentials,
