@@ -63,14 +63,18 @@ def test_failure_links_fall_back_to_the_longest_suffix_that_is_a_prefix():
     assert g.score[s] == 1.0
 
 
-def test_greedy_deltas_score_every_token_and_anchor_costs_nothing():
+def test_greedy_deltas_score_every_token_and_the_anchor_and_first_token_earn_nothing():
     tok = PhraseTokenizer([" ", "a", "b", "c"], "char")
-    g = tok.graph((BoostPhrase("ab", 4.0),))
+    g = tok.graph((BoostPhrase("abc", 4.0), BoostPhrase("c", 4.0)))
     d = g.deltas(g.start, 5)  # after a space (a new stream)
-    assert d[1] == 4.0 * 0.25 and d[0] == 0.0  # "a" starts the phrase; the space earns nothing
-    mid = g.step(g.start, 1)[1]
-    d = g.deltas(mid, 5)
-    assert d[2] == 1.0 and d[3] == -1.0 and d[0] == -1.0  # "b" goes on; "c" and a space leave it
+    assert d[1] == 0.0 and d[0] == 0.0  # "a" starts "abc" but earns nothing; nor does the space
+    assert d[3] == 1.0  # a one-token phrase earns on its only token
+    s = g.step(g.start, 1)[1]
+    d = g.deltas(s, 5)
+    assert d[2] == 1.0 and d[3] == 0.0 and d[0] == 0.0  # "b" goes on; leaving after "a" gives back nothing
+    s = g.step(s, 2)[1]
+    d = g.deltas(s, 5)
+    assert d[3] == 1.0 and d[1] == -1.0 and d[0] == -1.0  # "c" completes; "a" or a space leave it
 
 
 # -- requests ----------------------------------------------------------------------------------------

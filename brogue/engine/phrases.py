@@ -5,6 +5,12 @@
 - A SentencePiece vocabulary encodes the phrase with the exported ``tokenizer.model`` (its pieces
   must be the model's tokens), which marks the word start itself.
 
+A phrase's first token earns nothing either (unless it is the phrase's only token): the audio must
+start the phrase on its own, and the bonus then holds the decoder to it. Boosting the first token
+too found no more phrases in ``bench/boosting.py`` and made every word start that shares a
+phrase's first letter a candidate: on speech without the phrases it cost up to 5 times the word
+errors (docs/boosting.md).
+
 A phrase the vocabulary cannot write (a character it lacks; an unknown piece) is refused with a
 :class:`PhraseError` naming it, never silently dropped.
 """
@@ -82,10 +88,11 @@ class PhraseTokenizer:
         for p in phrases:
             ids = self.encode(p.text)
             bonus = p.boost * BONUS_PER_BOOST
+            bonuses = [0.0] + [bonus] * (len(ids) - 1) if len(ids) > 1 else [bonus]
             if self._sp is None and self._space is not None:  # anchored at a word start
-                entries.append(([self._space, *ids], [0.0] + [bonus] * len(ids)))
+                entries.append(([self._space, *ids], [0.0, *bonuses]))
             else:
-                entries.append((ids, bonus))
+                entries.append((ids, bonuses))
         g = ContextGraph(entries, start=[self._space] if self._sp is None and self._space is not None else ())
         self._cache[key] = g
         if len(self._cache) > self._cache_size:
