@@ -9,6 +9,9 @@ drug name boosted; and with a list of the other drug names boosted (none of whic
 boost level and decoder. Recall counts clips whose transcript has the drug name as a word; false
 alarms count clips whose transcript gains any of the absent names.
 
+CPU: the clips decoded as one batch, with no boosting and with every clip boosting all the drug
+names, 3 interleaved rounds (``cpu`` in the output: the median ratio and its range).
+
 ``--harm MANIFEST`` (a NeMo manifest of speech without these phrases): word error rate with no
 boosting, with all the drug names boosted, and with a list of names that are also common words
 (``COMMON``), at the boosts in ``HARM_BOOSTS``.
@@ -71,6 +74,31 @@ def measure(model_dir: Path, clips, decoder: str, boosts=(0.0, 4.0, 8.0, 12.0, 1
     return rows
 
 
+def cpu_cost(model_dir: Path, clips, decoder: str, rounds: int = 3, boost: float = 8.0) -> dict:
+    """CPU seconds per audio second of the clips decoded together (one batch), with no boosting and
+    with each clip boosting all the drug names; rounds interleaved, median and range."""
+    import time
+
+    runner = StreamingRunner(model_dir, decoder=decoder)
+    audios = [a for a, _, _ in clips]
+    seconds = sum(len(a) for a in audios) / 16000
+    phrases = validate([(d, boost) for d in DRUGS])
+    runner.transcribe(audios, boosts=[phrases] * len(audios))  # warm: graphs built, sessions run
+    plain, boosted = [], []
+    for _ in range(rounds):
+        for out, b in ((plain, None), (boosted, [phrases] * len(audios))):
+            t = time.process_time()
+            runner.transcribe(audios, boosts=b)
+            out.append((time.process_time() - t) / seconds)
+    ratios = sorted(b / p for p, b in zip(plain, boosted))
+    row = {"decoder": decoder, "boost": boost, "phrases": len(phrases), "streams": len(audios),
+           "cpu_per_audio_s_plain": round(sorted(plain)[rounds // 2], 5),
+           "cpu_per_audio_s_boosted": round(sorted(boosted)[rounds // 2], 5),
+           "boosted_over_plain": round(ratios[rounds // 2], 3), "range": [round(ratios[0], 3), round(ratios[-1], 3)]}
+    print(json.dumps(row))
+    return row
+
+
 def harm(model_dir: Path, manifest: Path, decoder: str, limit: int = 150) -> list[dict]:
     import jiwer
 
@@ -98,11 +126,12 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clips = make_clips(Path(tmp))
     rows = [r for dec in ("greedy", "lm") for r in measure(args.model_dir, clips, dec)]
+    cpu = [cpu_cost(args.model_dir, clips, dec) for dec in ("greedy", "lm")]
     harm_rows = [r for dec in ("greedy", "lm") for r in harm(args.model_dir, args.harm, dec)] if args.harm else []
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"drugs": DRUGS, "frames": FRAMES, "voices": VOICES[:2], "common": COMMON,
-                                        "rows": rows, "harm": harm_rows}, indent=1))
+                                        "rows": rows, "cpu": cpu, "harm": harm_rows}, indent=1))
 
 
 if __name__ == "__main__":
