@@ -88,7 +88,11 @@ def _running(p: psutil.Process) -> bool:
 
 
 def _tritonservers(pid: int) -> list[psutil.Process]:
-    return _children(pid, lambda p: p.name() == "tritonserver" and p.status() != psutil.STATUS_ZOMBIE)
+    """The tritonservers that ``brogue serve`` (``pid``) runs: its own children. (A grandchild can be
+    named tritonserver too: the python backend forks tritonserver to exec each model's stub, and
+    under load the fork lives long enough to be seen.)"""
+    return _children(pid, lambda p: p.name() == "tritonserver" and p.ppid() == pid
+                     and p.status() != psutil.STATUS_ZOMBIE)
 
 
 def _zombies(pid: int) -> list[psutil.Process]:
