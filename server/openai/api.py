@@ -56,18 +56,6 @@ def served_languages(meta) -> tuple[str, ...]:
     return ("en",)
 
 
-def _phrase_tokenizer(gateway: Gateway):
-    """The model's phrase tokenizer, to refuse a prompt's unwritable phrases before the upload; None
-    when it cannot be built here (the Triton model still refuses them, at the stream's start)."""
-    try:
-        from brogue.engine.phrases import PhraseTokenizer
-
-        return PhraseTokenizer.for_model(gateway.meta, gateway.config.model_dir)
-    except Exception as e:  # noqa: BLE001 - e.g. a SentencePiece model without sentencepiece installed
-        log.info("openai API: prompt phrases are checked by the model only (%s)", e)
-        return None
-
-
 @dataclass(frozen=True)
 class Params:
     """The request's fields, checked."""
@@ -94,7 +82,6 @@ class OpenAIApi:
     def __init__(self, gateway: Gateway, limits: UploadLimits = UploadLimits()):
         self.gateway, self.limits = gateway, limits
         self.languages = served_languages(gateway.meta)
-        self._phrases = _phrase_tokenizer(gateway)
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -232,12 +219,10 @@ class OpenAIApi:
             raise ApiError(ErrorCode.BAD_REQUEST, "stream=true sends text events: response_format must be json or "
                                                   f"text, not {fmt}", param="stream")
         boost = phrases_from_prompt(f("prompt") or "")  # BoostError: 400
-        if self._phrases is not None:  # what the Triton model would refuse at the stream's start, refused now
-            for phrase in boost:
-                try:
-                    self._phrases.encode(phrase.text)
-                except ValueError as e:  # PhraseError
-                    raise ApiError(ErrorCode.BAD_REQUEST, f"prompt: {e}", param="prompt") from None
+        try:  # what the gateway would refuse at the stream's start, refused before the upload
+            self.gateway.check_phrases(boost)
+        except ValueError as e:  # PhraseError
+            raise ApiError(ErrorCode.BAD_REQUEST, f"prompt: {e}", param="prompt") from None
         if partial:
             return None
         return Params(adapter, code, fmt, grans, stream, boost)
