@@ -67,6 +67,7 @@ class Stack(GatewayAddresses):
     queue_delay_us: int | None = None  # the sequence batcher's max_queue_delay_microseconds (None: the repository's)
     owned_triton: bool = False  # `brogue serve` starts and supervises its own tritonserver
     gateway_args: tuple[str, ...] = ()  # more `brogue serve` options (e.g. --keepalive-seconds 5)
+    triton_exit_timeout: int = 10  # seconds a stopping tritonserver waits for open sequences
     triton: TritonProcess | None = None
     gateway: subprocess.Popen | None = None
 
@@ -144,6 +145,7 @@ class Stack(GatewayAddresses):
 
     def start_triton(self, timeout: float = 240) -> None:
         self.triton = TritonProcess(self.root, models=("asr_streaming",), grpc_port=self.triton_grpc_port,
+                                    exit_timeout=self.triton_exit_timeout,
                                     log_file=self.workdir / "triton.log").start(timeout=timeout)
         self.triton_grpc_port = self.triton.grpc_port
 

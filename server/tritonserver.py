@@ -78,8 +78,13 @@ class TritonProcess:
         extra_args: Sequence[str] = (),
         log_file: str | os.PathLike[str] | None = None,
         parameters: Mapping[str, Mapping[str, str]] | None = None,
+        exit_timeout: int = 10,
     ) -> None:
+        # exit_timeout: how long a stopping Triton waits for its models to go idle. A sequence left
+        # open (a client gone without END) holds its model until then; `brogue serve` ends its
+        # streams' sequences before it stops Triton, so the wait is for other clients' sequences.
         self.model_repository = Path(model_repository).resolve()
+        self.exit_timeout = int(exit_timeout)
         self.parameters = {m: dict(p) for m, p in (parameters or {}).items()}
         self.models = None if models is None else tuple(models)
         self.host = host
@@ -150,7 +155,7 @@ class TritonProcess:
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
             "--cuda-memory-pool-byte-size=0:0",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={self.exit_timeout}",
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,
         ]
@@ -205,7 +210,7 @@ class TritonProcess:
     def stop(self, grace: float = 15.0) -> None:
         """Stop the server and clean up after it; safe to call more than once.
 
-        Sends SIGINT (Triton's graceful shutdown, bounded by ``--exit-timeout-secs=10``), then
+        Sends SIGINT (Triton's graceful shutdown, bounded by ``--exit-timeout-secs``), then
         SIGTERM after ``grace`` seconds, then SIGKILL to its whole process group 5 s later. Then
         kills any python stub left in the group, removes the instance's ``/dev/shm/<prefix>*``
         files and its run folder.

@@ -15,7 +15,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from brogue.asr_reply import CAPACITY_ERROR
-from conftest import DEMO_KEYS, model_config, reference_text, demo_speech, start_gateway, stop_gateway
+from conftest import (DEMO_KEYS, TEST_EXIT_TIMEOUT, demo_speech, model_config, reference_text, start_gateway,
+                      stop_gateway)
 
 pytestmark = pytest.mark.nemo
 
@@ -30,7 +31,7 @@ def two_slot_server(demo_repo, tmp_path_factory):
     (root / "adapters").symlink_to(demo_repo.store_dir)
     model_config(root, "asr_streaming", MAX_STREAMS="2", MAX_BATCH="2")
     repo = dataclasses.replace(demo_repo, root=root)
-    triton = TritonProcess(root, models=("asr_streaming",)).start(timeout=240)
+    triton = TritonProcess(root, models=("asr_streaming",), exit_timeout=TEST_EXIT_TIMEOUT).start(timeout=240)
     gw = start_gateway(repo, triton.grpc_url, tmp_path_factory.mktemp("gw"))
     yield gw
     stop_gateway(gw)

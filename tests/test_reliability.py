@@ -18,7 +18,7 @@ import pytest
 import riva.client.proto.riva_asr_pb2 as rasr
 import riva.client.proto.riva_asr_pb2_grpc as rasr_grpc
 import riva.client.proto.riva_audio_pb2 as raudio
-from conftest import DEMO_KEYS, demo_speech
+from conftest import DEMO_KEYS, DEMO_REPO, TEST_EXIT_TIMEOUT, demo_speech
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
@@ -278,12 +278,15 @@ def test_gateway_sigterm_drains_live_streams_finals_first_then_1001(demo_repo, t
 # -- the fault scripts, short ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stack(demo_repo, tmp_path_factory):
+def stack(tmp_path_factory):
     from brogue.bench.stack import Stack
 
-    # short keepalive and send timeout: the slow client is dropped in seconds, not the default 40
-    s = Stack(demo_repo.root, tmp_path_factory.mktemp("stack"), model="demo", adapters=4,
-              gateway_args=("--keepalive-seconds", "5", "--send-timeout", "3"))
+    # The committed repository (its own copy: other tests publish broken adapters into demo_repo's
+    # store, and the stack's tenants take the newest entries). Short keepalive and send timeout: the
+    # slow client is dropped in seconds, not the default 40.
+    s = Stack(DEMO_REPO, tmp_path_factory.mktemp("stack"), model="demo", adapters=4, decoder="greedy",
+              gateway_args=("--keepalive-seconds", "5", "--send-timeout", "3"),
+              triton_exit_timeout=TEST_EXIT_TIMEOUT)
     with s:
         yield s
 

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from brogue.adapters import publish_adapter
 from brogue.clients.triton_sequence import TritonSequence
 from brogue.server.tritonserver import TritonProcess
-from conftest import random_adapter_arrays, model_config, reference_run, demo_speech
+from conftest import TEST_EXIT_TIMEOUT, demo_speech, model_config, random_adapter_arrays, reference_run
 
 pytestmark = pytest.mark.nemo
 
@@ -40,7 +40,8 @@ def triton(demo_repo):
         (demo_repo.root / "lm.txt").write_text("\n".join(LM_TEXT) + "\n")
         build_lm(lm_dir, [demo_repo.root / "lm.txt"], order=5, alpha=0.3, beta=2.0)
     model_config(demo_repo.root, "asr_lm", MODEL_DIR="exported/demo_lm", DECODER="lm")
-    server = TritonProcess(demo_repo.root, models=("asr_streaming", "asr_small", "asr_lm"))
+    server = TritonProcess(demo_repo.root, models=("asr_streaming", "asr_small", "asr_lm"),
+                           exit_timeout=TEST_EXIT_TIMEOUT)
     server.start(timeout=240)
     yield server
     server.stop()
