@@ -133,10 +133,11 @@ class ContextGraph:
 class Booster:
     """One stream's place in a :class:`ContextGraph` (greedy decoding: a single hypothesis)."""
 
-    __slots__ = ("graph", "state")
+    __slots__ = ("graph", "state", "_scored")
 
     def __init__(self, graph: ContextGraph):
         self.graph, self.state = graph, graph.start
+        self._scored: np.ndarray | None = None  # scratch for pick(), allocated once
 
     def advance(self, token: int) -> None:
         self.state = self.graph.step(self.state, token)[1]
@@ -145,7 +146,9 @@ class Booster:
         """The token greedy decoding takes from one step's log-probabilities ``logp [V+1]``: the
         argmax of ``logp`` plus each token's :meth:`ContextGraph.deltas` score. Blank and ``repeat``
         (under CTC, the previous frame's token, which emits nothing again) score 0."""
-        scored = logp + self.graph.deltas(self.state, logp.shape[0])
+        if self._scored is None or self._scored.shape != logp.shape or self._scored.dtype != logp.dtype:
+            self._scored = np.empty_like(logp)
+        scored = np.add(logp, self.graph.deltas(self.state, logp.shape[0]), out=self._scored)
         scored[blank] = logp[blank]
         if repeat >= 0:
             scored[repeat] = logp[repeat]
