@@ -35,11 +35,12 @@ TRANSPORT_STATUSES = ("UNAVAILABLE", "INTERNAL")
 
 def _transport_down(status: str, message: str) -> bool:
     """Whether an untagged error says the connection to Triton failed: a gRPC status of
-    :data:`TRANSPORT_STATUSES`, or tritonclient's wording of a connection failure on a stream (which
-    has no status)."""
+    :data:`TRANSPORT_STATUSES`, or the wording of a connection failure on a stream, whose error
+    tritonclient may pass on with no status (C-core's "Internal error from Core" among them: seen
+    without a status when a tritonserver was killed under load)."""
     low = message.lower()
     return any(s in status for s in TRANSPORT_STATUSES) or any(
-        s in low for s in ("failed to connect", "connection refused", "socket closed"))
+        s in low for s in ("failed to connect", "connection refused", "socket closed", "internal error from core"))
 
 
 def channel_args(max_backoff_ms: int = 1000) -> list[tuple[str, int]]:

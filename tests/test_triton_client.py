@@ -59,6 +59,12 @@ def test_errors_are_routed_by_their_code_and_a_broken_call_is_triton_going_away(
         assert isinstance(bug, SequenceError) and bug.code is ErrorCode.INTERNAL
         down = seq._classify(InferenceServerException("Internal error from Core", status="StatusCode.INTERNAL"))
         assert isinstance(down, TritonUnavailable) and pool.ready_urls() == []
+        # the same break, passed on by tritonclient's stream with no status (seen under load)
+        pool2 = TritonPool(["127.0.0.1:2"])
+        seq2 = pool2.open()
+        down = seq2._classify(InferenceServerException("Internal error from Core"))
+        assert isinstance(down, TritonUnavailable) and pool2.ready_urls() == []
         await pool.close()
+        await pool2.close()
 
     asyncio.run(main())
