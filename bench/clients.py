@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -52,6 +54,11 @@ def frames(pcm16: bytes, frame_ms: int = FRAME_MS) -> list[bytes]:
     return [pcm16[i:i + step] for i in range(0, len(pcm16), step)]
 
 
+def _due(start: float, k: int, frame_ms: int, jitter_ms: float, rng: random.Random) -> float:
+    """When frame ``k`` goes: its real-time slot, delayed by a uniform ``[0, jitter_ms]``."""
+    return start + k * frame_ms / 1000 + (rng.uniform(0, jitter_ms) / 1000 if jitter_ms else 0.0)
+
+
 async def paced(parts: list[bytes], frame_ms: int, jitter_ms: float, rng: random.Random, on_first=None,
                 realtime: bool = True):
     """Yield ``parts`` at real-time pace with jitter (or at once: ``realtime=False``); ``on_first()``
@@ -59,8 +66,7 @@ async def paced(parts: list[bytes], frame_ms: int, jitter_ms: float, rng: random
     start = time.monotonic()
     for k, part in enumerate(parts):
         if realtime:
-            due = start + k * frame_ms / 1000 + (rng.uniform(0, jitter_ms) / 1000 if jitter_ms else 0.0)
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await asyncio.sleep(max(0.0, _due(start, k, frame_ms, jitter_ms, rng) - time.monotonic()))
         if k == 0 and on_first is not None:
             on_first()
         yield part
@@ -134,9 +140,32 @@ async def ws_stream(url: str, key: str, tenant: str, clip: str, pcm16: bytes, *,
     return _finish(rec, t, finals)
 
 
+# Riva load streams use grpc's blocking API, one thread per stream, as Riva's own clients
+# (riva.client) do. The asyncio client cannot be trusted with a server that ends a call while the
+# client still writes: a write that fails after the server's status arrived overwrites that status
+# with INTERNAL "Internal error from Core" (grpc/grpc#36066). A gateway that answers a Triton crash
+# with UNAVAILABLE would then be scored as failing uncleanly; the blocking API reports the status.
+_RIVA_THREADS = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="riva-stream")
+
+
 async def riva_stream(url: str, key: str, tenant: str, clip: str, pcm16: bytes, *, frame_ms: int = FRAME_MS,
                       jitter_ms: float = 0.0, seed: int = 0, timeout: float = 120.0,
                       channel=None) -> StreamRecord:
+    """Riva ``StreamingRecognize``; ``channel`` is a blocking ``grpc.Channel`` to share (optional).
+    Cancelling the task cancels the call."""
+    calls = []
+    run = functools.partial(_riva_stream_blocking, url, key, tenant, clip, pcm16, frame_ms, jitter_ms, seed, timeout,
+                            channel, calls)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_RIVA_THREADS, run)
+    except asyncio.CancelledError:
+        for call in calls:
+            call.cancel()
+        raise
+
+
+def _riva_stream_blocking(url, key, tenant, clip, pcm16, frame_ms, jitter_ms, seed, timeout, channel,
+                          calls) -> StreamRecord:
     import grpc
     import riva.client.proto.riva_asr_pb2 as rasr
     import riva.client.proto.riva_asr_pb2_grpc as rasr_grpc
@@ -151,21 +180,24 @@ async def riva_stream(url: str, key: str, tenant: str, clip: str, pcm16: bytes, 
                                       max_alternatives=1),
         interim_results=True)
 
-    async def requests():
+    def requests():
         yield rasr.StreamingRecognizeRequest(streaming_config=config)
-        async for part in paced(frames(pcm16, frame_ms), frame_ms, jitter_ms, rng,
-                                on_first=lambda: t.setdefault("first", time.monotonic())):
+        start = time.monotonic()
+        for k, part in enumerate(frames(pcm16, frame_ms)):
+            time.sleep(max(0.0, _due(start, k, frame_ms, jitter_ms, rng) - time.monotonic()))
+            t.setdefault("first", time.monotonic())
             yield rasr.StreamingRecognizeRequest(audio_content=part)
         t["last"] = time.monotonic()
 
     own = channel is None
-    channel = channel or grpc.aio.insecure_channel(url)
+    channel = channel or grpc.insecure_channel(url)
     try:
         stub = rasr_grpc.RivaSpeechRecognitionStub(channel)
         # wait_for_ready: a channel in reconnect backoff (the gateway restarted) waits for it instead
         # of failing at once, as a long-lived client would set it
         call = stub.StreamingRecognize(requests(), metadata=[("x-api-key", key)], timeout=timeout, wait_for_ready=True)
-        async for resp in call:
+        calls.append(call)
+        for resp in call:
             now = time.monotonic()
             for r in resp.results:
                 text = r.alternatives[0].transcript if r.alternatives else ""
@@ -175,11 +207,11 @@ async def riva_stream(url: str, key: str, tenant: str, clip: str, pcm16: bytes, 
                 elif text and "first_partial" not in t and "first" in t:
                     t["first_partial"] = now
         t["end"] = time.monotonic()
-    except grpc.aio.AioRpcError as e:
+    except grpc.RpcError as e:
         rec.error = f"{e.code().name}: {e.details()}"
     finally:
         if own:
-            await channel.close()
+            channel.close()
     return _finish(rec, t, finals)
 
 

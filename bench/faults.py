@@ -54,13 +54,13 @@ class BackgroundLoad:
         import grpc
 
         async def main():
-            channel = grpc.aio.insecure_channel(stack.grpc_url)
+            channel = grpc.insecure_channel(stack.grpc_url)  # Riva streams block in threads (clients.py)
             done = lambda: self._stopped.is_set() or time.monotonic() >= self._stop_at  # noqa: E731
             try:
                 await asyncio.gather(*(_caller(stack, i, clips, apis, done, spread_s, jitter_ms, seed, self.records,
                                                channel, tenants) for i in range(n)))
             finally:
-                await channel.close()
+                channel.close()
 
         asyncio.run(main())
 

@@ -120,13 +120,13 @@ def run_level(stack: Stack, n: int, clips: list[Clip], *, seconds: float = 30.0,
     records: list[StreamRecord] = []
 
     async def main():
-        channel = grpc.aio.insecure_channel(stack.grpc_url)
+        channel = grpc.insecure_channel(stack.grpc_url)  # Riva streams block in threads (clients.py)
         until = time.monotonic() + seconds
         try:
             await asyncio.gather(*(_caller(stack, i, clips, list(apis), until, spread_s, jitter_ms, seed, records,
                                            channel) for i in range(n)))
         finally:
-            await channel.close()
+            channel.close()
 
     t0 = time.monotonic()
     with ProcSampler(stack.pids) as sampler:
