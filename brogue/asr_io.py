@@ -44,6 +44,7 @@ def request_inputs(audio: np.ndarray, *, start: bool, adapter: str = "", latency
 
 def parse_reply(result) -> ChunkReply:
     fingerprint = result.as_numpy("MODEL_FINGERPRINT")
+    live = result.as_numpy("LIVE_SEQUENCES")
     return ChunkReply(
         tokens=result.as_numpy("TOKENS").reshape(-1).tolist(),
         times=result.as_numpy("TOKEN_TIMES").reshape(-1).tolist(),
@@ -54,4 +55,5 @@ def parse_reply(result) -> ChunkReply:
         final=bool(result.as_numpy("FINAL").reshape(-1)[0]),
         adapter_ready=bool(result.as_numpy("ADAPTER_READY").reshape(-1)[0]),
         model_fingerprint="" if fingerprint is None else fingerprint.reshape(-1)[0].decode(),
+        live_sequences=-1 if live is None else int(live.reshape(-1)[0]),
     )

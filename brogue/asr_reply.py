@@ -27,3 +27,4 @@ class ChunkReply:
     final: bool = False
     adapter_ready: bool = True
     model_fingerprint: str = ""  # on the reply to START: the served model's fingerprint (model.json)
+    live_sequences: int = -1  # on the reply to START: sequences holding state after this request (-1: not sent)

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"  # a malformed config, control or request
     BAD_AUDIO = "bad_audio"  # audio that cannot be decoded
     ADAPTER = "adapter"  # the tenant's adapter is missing, invalid or cannot be loaded
+    MODEL = "model"  # the tenant's model version is missing from the store, damaged, or fails to load
     UNAVAILABLE = "unavailable"  # no Triton instance can take or continue the stream
     CAPACITY = "capacity"  # the model instance has no free stream slot: try again later
     NO_STATE = "no_state"  # the model holds no state for the sequence (never started, or swept)
@@ -50,6 +51,7 @@ WIRE: dict[ErrorCode, Wire] = {
     ErrorCode.BAD_REQUEST: Wire(1008, "INVALID_ARGUMENT", 400),
     ErrorCode.BAD_AUDIO: Wire(1003, "INVALID_ARGUMENT", 400),
     ErrorCode.ADAPTER: Wire(1011, "FAILED_PRECONDITION", 409),
+    ErrorCode.MODEL: Wire(1011, "FAILED_PRECONDITION", 409),
     ErrorCode.UNAVAILABLE: Wire(1013, "UNAVAILABLE", 503),
     ErrorCode.CAPACITY: Wire(1013, "RESOURCE_EXHAUSTED", 503),
     ErrorCode.NO_STATE: Wire(1011, "FAILED_PRECONDITION", 409),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 
+from brogue.engine.memory import host_total_bytes
+
 from .gateway import Gateway, GatewayConfig
 from .http_front import serve_http_port
 from .openai import OpenAIApi, UploadLimits
@@ -67,6 +69,7 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
     gateway = Gateway(config, metrics)
     await gateway.check_triton()  # ModelMismatch: Triton serves another model; nothing listens yet
     watcher = asyncio.get_running_loop().create_task(gateway.pool.watch())
+    drainer = asyncio.get_running_loop().create_task(gateway.models.watch())  # unloads drained model versions
     front = WebSocketFrontEnd(gateway, limits)
     ssl_ctx, grpc_creds = None, None
     if listen.tls_cert or listen.tls_key:
@@ -115,6 +118,7 @@ async def run_gateway(config: GatewayConfig, listen: Listen = Listen(), limits: 
             loop.remove_signal_handler(sig)
         await _drain(front, ws_server, servers, drain_seconds)
         watcher.cancel()
+        drainer.cancel()
         await gateway.pool.close()
 
 
@@ -143,14 +147,19 @@ async def _drain(front: WebSocketFrontEnd, ws_server, grpc_servers: list, second
 def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], listen: Listen = Listen(),
           model_dir: Path | None = None, latencies: tuple[str, ...] = (),
           limits: ConnectionLimits = ConnectionLimits(), triton_timeout: float = 240.0,
-          supervision: dict | None = None, upload_limits: UploadLimits = UploadLimits()) -> None:
+          supervision: dict | None = None, upload_limits: UploadLimits = UploadLimits(),
+          memory_budget: int | None = None, triton_repository: Path | None = None) -> None:
     """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block.
 
     The bundled Triton serves ``model_dir`` (default ``MODEL_REPOSITORY/exported/demo``) at
     ``latencies`` (default: all the model has), the same model the gateway decodes with, and is
     restarted whenever it exits (:class:`~brogue.server.triton_supervisor.TritonSupervisor`, with
     ``supervision`` as its keyword arguments). Instances at ``triton_urls`` belong to someone else:
-    they are asked which model they serve (a mismatch stops the gateway) and probed, never restarted."""
+    they are asked which model they serve (a mismatch stops the gateway) and probed, never restarted.
+
+    ``memory_budget``: bytes per Triton instance for model versions (docs/models.md); None: 3/4 of
+    this host's memory for the bundled Triton, no limit for instances at ``triton_urls``.
+    ``triton_repository``: where those instances see ``model_repository`` (default: the same path)."""
     import contextlib
     import signal
 
@@ -163,6 +172,8 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
 
     model_dir = Path(model_dir or model_repository / "exported" / "demo").resolve()
     metrics = Metrics()
+    if memory_budget is None and not triton_urls:
+        memory_budget = host_total_bytes() * 3 // 4
     with contextlib.ExitStack() as stack:
         if not triton_urls:
             params = {"MODEL_DIR": str(model_dir), "LATENCIES": ",".join(latencies)}
@@ -173,7 +184,9 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
             triton_urls = [triton.grpc_url]
             log.info("tritonserver ready at %s (log: %s)", triton.grpc_url, triton.log_path)
         config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls),
-                               store_dir=Path(model_repository) / "adapters", latencies=tuple(latencies))
+                               store_dir=Path(model_repository) / "adapters", latencies=tuple(latencies),
+                               model_repository=Path(model_repository).resolve(),
+                               triton_repository=triton_repository, memory_budget=memory_budget)
         try:
             # the loop handles SIGTERM/SIGINT from here on, and drains before Triton is stopped
             asyncio.run(run_gateway(config, listen, limits, handle_signals=True, metrics=metrics,

@@ -25,12 +25,15 @@ from brogue.audio.codecs import AudioFormatError
 from brogue.boosting import merge, to_wire
 from brogue.errors import ErrorCode
 from brogue.engine.metadata import ModelMeta
-from brogue.engine.phrases import PhraseTokenizer
+
+from brogue.models import MemoryBudget, ModelError, ModelStore, NoRoom
 
 from .metrics import Metrics
+from .model_fleet import ModelFleet, ModelLoadError, ServedModel
 from .session import ModelInfo, Result, SessionConfig, StreamSession
 from .tenants import AuthError, Lease, LimitError, Tenant, TenantRegistry
 from .triton_client import ModelMismatch, SequenceError, TritonPool, TritonUnavailable
+from .triton_models import VersionModels
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +59,33 @@ class GatewayConfig:
     model: str = "asr_streaming"
     store_dir: Path | None = None  # the adapter store Triton reads; default MODEL_REPOSITORY/adapters
     latencies: tuple[str, ...] = ()  # the latencies Triton serves (its LATENCIES); () = all of the model's
+    model_repository: Path | None = None  # default: model_dir's MODEL_REPOSITORY (model_dir is .../exported/NAME)
+    triton_repository: Path | None = None  # the repository as the Triton instances see it; default the same
+    memory_budget: int | None = None  # bytes per Triton instance for model versions; None: no limit
+    drain_interval: float = 2.0  # seconds between checks for drained model versions to unload
 
     def __post_init__(self):
-        if self.store_dir is None:  # model_dir is MODEL_REPOSITORY/exported/NAME
-            object.__setattr__(self, "store_dir", Path(self.model_dir).parent.parent / "adapters")
+        if self.model_repository is None:
+            object.__setattr__(self, "model_repository", Path(self.model_dir).parent.parent)
+        if self.store_dir is None:
+            object.__setattr__(self, "store_dir", Path(self.model_repository) / "adapters")
 
 
 class Gateway:
     def __init__(self, config: GatewayConfig, metrics: Metrics | None = None):
         self.config = config
         self.meta = ModelMeta.load(config.model_dir)
-        self._phrases = None  # a PhraseTokenizer of the served model, made by the first boosted stream
         self.latencies = self.meta.served_latencies(list(config.latencies))  # ValueError for unknown ones
         self.tenants = TenantRegistry(config.tenants_file)
         self.pool = TritonPool(list(config.triton_urls), model=config.model, fingerprint=self.meta.fingerprint)
         self.metrics = metrics or Metrics()
+        params = {"LATENCIES": ",".join(config.latencies)} if config.latencies else {}
+        self.models = ModelFleet(
+            config.model_dir, ModelStore(Path(config.model_repository) / "models"),
+            VersionModels(config.model_repository, triton_repository=config.triton_repository, parameters=params),
+            self.pool, budget=MemoryBudget(config.memory_budget) if config.memory_budget else None,
+            referenced=self.tenants.models_in_use, pinned=self.tenants.pinned_models, latencies=config.latencies,
+            drain_interval=config.drain_interval)
         self.pool.warm = self.tenant_adapters
         self.pool.on_change = self._ready_changed
         self.metrics.triton_ready.set(len(self.pool.ready_urls()))
@@ -117,8 +132,8 @@ class Gateway:
             raise StreamError(ErrorCode.UNAUTHENTICATED, str(e)) from None
 
     def tenant_adapters(self) -> list[str]:
-        """The adapters tenants use now: what a (re)joining Triton instance loads first."""
-        return sorted({t.adapter for t in self.tenants.tenants().values() if t.adapter})
+        """The adapters tenants of the base model use now: what a (re)joining Triton instance loads first."""
+        return sorted({t.adapter for t in self.tenants.tenants().values() if t.adapter and not t.model})
 
     def _ready_changed(self, ready_urls: list[str]) -> None:
         self.metrics.triton_ready.set(len(ready_urls))
@@ -141,20 +156,43 @@ class Gateway:
         ``config.model_dir``: its tokens would be decoded with the wrong vocabulary."""
         await self.pool.check_models(str(self.config.model_dir))
 
-    def check_phrases(self, phrases) -> None:
-        """A :class:`~brogue.engine.phrases.PhraseError` for a boost phrase the served model cannot
-        write, before any stream asks Triton for it (Triton's model checks again)."""
+    def check_phrases(self, phrases, model: ServedModel | None = None) -> None:
+        """A :class:`~brogue.engine.phrases.PhraseError` for a boost phrase ``model`` (default: the
+        base) cannot write, before any stream asks Triton for it (Triton's model checks again)."""
         if phrases:
-            if self._phrases is None:
-                self._phrases = PhraseTokenizer.for_model(self.meta, self.config.model_dir)
+            tokenizer = (model or self.models.base).phrases()
             for p in phrases:
-                self._phrases.encode(p.text)
+                tokenizer.encode(p.text)
 
-    def model_info(self, latency: str | None) -> ModelInfo:
+    def tenant_model(self, tenant: Tenant) -> ServedModel:
+        """The model version ``tenant`` streams on (not loaded yet): ``model`` error if it is not
+        in the store or damaged."""
         try:
-            return ModelInfo.from_meta(self.meta, self.meta.served_latency(latency, self.latencies).name)
+            return self.models.describe(tenant.model)
+        except (ModelError, ValueError) as e:
+            raise StreamError(ErrorCode.MODEL, f"tenant {tenant.name}'s model: {e}") from None
+
+    def model_info(self, latency: str | None, model: ServedModel | None = None) -> ModelInfo:
+        m = model or self.models.base
+        try:
+            return ModelInfo.from_meta(m.meta, m.meta.served_latency(latency, m.latencies).name)
         except ValueError as e:
             raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
+
+    async def acquire_model(self, tenant: Tenant) -> ServedModel:
+        """The tenant's model version, loaded, with one more live stream (give it back with
+        ``self.models.release``)."""
+        model = self.tenant_model(tenant)
+        try:
+            return await self.models.acquire(model.key)
+        except (ModelError, ValueError) as e:
+            raise StreamError(ErrorCode.MODEL, f"tenant {tenant.name}'s model: {e}") from None
+        except NoRoom as e:
+            raise StreamError(ErrorCode.CAPACITY, str(e)) from None
+        except ModelLoadError as e:
+            raise StreamError(ErrorCode.MODEL, str(e)) from None
+        except TritonUnavailable as e:
+            raise StreamError(ErrorCode.UNAVAILABLE, str(e)) from None
 
     def open_lease(self, tenant: Tenant) -> Lease:
         """Count a new stream of ``tenant`` against its limit (before telling the client it's ready)."""
@@ -165,9 +203,10 @@ class Gateway:
 
     async def run_stream(self, tenant: Tenant, config: SessionConfig, inputs: AsyncIterator,
                          api: str = "ws", lease: Lease | None = None,
-                         adapter: str | None = None) -> AsyncIterator[Result]:
+                         adapter: str | None = None, model: ServedModel | None = None) -> AsyncIterator[Result]:
         """Run one stream; yields results; raises :class:`StreamError`. The stream's ``lease`` (from
-        :meth:`open_lease`) is released at the end; without one, it is taken here. ``adapter``
+        :meth:`open_lease`) and ``model`` (from :meth:`acquire_model`: the tenant's model version,
+        loaded) are released at the end; without them, they are taken here. ``adapter``
         overrides the tenant's (``""``: the base model): the front end has checked that the tenant may
         use it; None (every front end but the OpenAI API) decodes with the tenant's adapter."""
         lease = lease or self.open_lease(tenant)
@@ -179,17 +218,21 @@ class Gateway:
         t_first_audio, busy, first_partial_seen = None, 0.0, False
         try:
             try:
-                session = StreamSession(config, self.model_info(config.latency))
+                session = StreamSession(config, self.model_info(config.latency, model or self.tenant_model(tenant)))
             except AudioFormatError as e:
                 raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
             try:
                 boost = merge(tenant.boost, config.boost)
-                self.check_phrases(boost)
+                self.check_phrases(boost, model or self.tenant_model(tenant))
             except ValueError as e:  # BoostError, PhraseError
                 raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
+            if model is None:
+                model = await self.acquire_model(tenant)  # loads the version if no instance has it
             try:
                 seq = self.pool.open(adapter=tenant.adapter if adapter is None else adapter,
-                                     latency=config.latency or "", boost=to_wire(boost) if boost else "")
+                                     latency=config.latency or "", boost=to_wire(boost) if boost else "",
+                                     model=model.triton_name if model.key else None, fingerprint=model.fingerprint,
+                                     urls=self.models.ready_urls(model) if model.key else None)
             except TritonUnavailable as e:
                 raise StreamError(ErrorCode.UNAVAILABLE, str(e)) from None
 
@@ -253,6 +296,8 @@ class Gateway:
         finally:
             m.active_streams.labels(tenant.name, api).dec()
             lease.release()
+            if model is not None:
+                self.models.release(model)
             if seq is not None and seq.started and not seq.closed:
                 # The stream stopped early (client gone, error): end the sequence so Triton frees
                 # its state now rather than at the idle sweep.

@@ -171,6 +171,9 @@ class StreamingModel:
                 r.final = end
                 if end:
                     self._drop(st.stream_id)
+            for i, req in enumerate(requests):  # after this execute's ENDs: what a drain waits for
+                if req.start and results[i].error is None:
+                    results[i].live_sequences = len(self.streams)
         return results
 
     def _admit(self, req: ChunkRequest) -> tuple[StreamState, np.ndarray]:

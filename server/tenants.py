@@ -1,10 +1,13 @@
-"""Tenants: API keys (stored hashed), adapter references and limits, from a TOML file.
+"""Tenants: API keys (stored hashed), model and adapter references and limits, from a TOML file.
 
     admin_token_sha256 = "…"            # sha256 hex of the admin token (optional)
+    pinned_models = ["ward@v2"]         # model versions kept loaded (never unloaded to make room)
 
     [tenants.acme]
     api_keys_sha256 = ["…"]             # sha256 hex of each API key
-    adapter = "acme@v3"                 # name@version in the adapter store; "" = base model
+    model = "ward@v2"                   # name@version in the model store; "" = the deployment's base
+    adapter = "acme@v3"                 # name@version in the adapter store, trained on that model;
+                                        # "" = the model alone
     max_streams = 4                     # concurrent streams
     max_stream_seconds = 3600           # audio seconds per stream
     boost = ["acme cloud", { phrase = "zyrtec", boost = 12 }]  # phrases every stream boosts
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from brogue.adapters import AdapterRef
 from brogue.boosting import BoostError, validate
+from brogue.models import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +53,22 @@ def key_hash(key: str) -> str:
 class Tenant:
     name: str
     key_hashes: tuple[str, ...]
-    adapter: str  # "" = base model
+    adapter: str  # "" = the model alone
     max_streams: int = 4
     max_stream_seconds: float = 3600.0
     boost: tuple = ()  # brogue.boosting.BoostPhrase, merged with each request's
+    model: str = ""  # name@version in the model store; "" = the deployment's base model
 
 
 def parse_tenants(text: str, origin: str = "tenants file") -> tuple[dict[str, Tenant], str | None]:
     """Tenants by name and the admin token hash; ``ValueError`` naming the problem."""
+    tenants, admin, _ = parse_file(text, origin)
+    return tenants, admin
+
+
+def parse_file(text: str, origin: str = "tenants file") -> tuple[dict[str, Tenant], str | None, tuple[str, ...]]:
+    """Tenants by name, the admin token hash and the pinned model versions; ``ValueError`` naming
+    the problem."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -76,6 +88,14 @@ def parse_tenants(text: str, origin: str = "tenants file") -> tuple[dict[str, Te
         adapter = t.get("adapter", "")
         if adapter:
             AdapterRef.parse(adapter)  # ValueError for a malformed reference
+        model = t.get("model", "")
+        if not isinstance(model, str):
+            raise ValueError(f"{origin}: tenant {name}: model must be a 'name@version' string")
+        if model:
+            try:
+                ModelRef.parse(model)
+            except ValueError as e:
+                raise ValueError(f"{origin}: tenant {name}: {e}") from None
         max_streams = t.get("max_streams", 4)
         max_seconds = t.get("max_stream_seconds", 3600)
         if not isinstance(max_streams, int) or max_streams < 1:
@@ -89,11 +109,16 @@ def parse_tenants(text: str, origin: str = "tenants file") -> tuple[dict[str, Te
             phrases = validate(boost)
         except BoostError as e:
             raise ValueError(f"{origin}: tenant {name}: {e}") from None
-        tenants[name] = Tenant(name, tuple(keys), adapter, max_streams, float(max_seconds), phrases)
+        tenants[name] = Tenant(name, tuple(keys), adapter, max_streams, float(max_seconds), phrases, model)
     admin = data.get("admin_token_sha256")
     if admin is not None and (not isinstance(admin, str) or len(admin) != 64):
         raise ValueError(f"{origin}: admin_token_sha256 must be a sha256 hex string")
-    return tenants, admin
+    pinned = data.get("pinned_models", [])
+    if not isinstance(pinned, list) or not all(isinstance(p, str) for p in pinned):
+        raise ValueError(f"{origin}: pinned_models must be a list of 'name@version' strings")
+    for p in pinned:
+        ModelRef.parse(p)
+    return tenants, admin, tuple(sorted(set(pinned)))
 
 
 class Lease:
@@ -122,6 +147,7 @@ class TenantRegistry:
         self._tenants: dict[str, Tenant] = {}
         self._by_key: dict[str, str] = {}
         self._admin: str | None = None
+        self._pinned: tuple[str, ...] = ()
         self._live: dict[str, int] = {}
         self.reload(strict=True)
 
@@ -137,7 +163,7 @@ class TenantRegistry:
         if mtime == self._mtime:
             return False
         try:
-            tenants, admin = parse_tenants(self.path.read_text(), str(self.path))
+            tenants, admin, pinned = parse_file(self.path.read_text(), str(self.path))
         except ValueError as e:
             if strict:
                 raise
@@ -145,7 +171,7 @@ class TenantRegistry:
             self._mtime = mtime
             return False
         with self._lock:
-            self._tenants, self._admin, self._mtime = tenants, admin, mtime
+            self._tenants, self._admin, self._pinned, self._mtime = tenants, admin, pinned, mtime
             self._by_key = {k: t.name for t in tenants.values() for k in t.key_hashes}
         log.info("tenants loaded: %s", ", ".join(sorted(tenants)) or "none")
         return True
@@ -189,34 +215,94 @@ class TenantRegistry:
         self.reload()
         return dict(self._tenants)
 
+    def pinned_models(self) -> tuple[str, ...]:
+        self.reload()
+        return self._pinned
+
+    def models_in_use(self) -> set[str]:
+        """The model references tenants point at ("" for the base model among them)."""
+        return {t.model for t in self.tenants().values()}
+
     def set_adapter(self, tenant: str, adapter: str) -> Tenant:
         """Point ``tenant`` at ``adapter`` and write the file (atomically). Open streams keep theirs."""
         if adapter:
             AdapterRef.parse(adapter)
-        return self._rewrite(tenant, "adapter", json.dumps(adapter), lambda t: t.adapter == adapter)
+        return self._rewrite(tenant, {"adapter": json.dumps(adapter)}, lambda t: t.adapter == adapter)
+
+    def set_model(self, changes: dict[str, tuple[str, str]]) -> dict[str, Tenant]:
+        """Point each tenant of ``changes`` (``{tenant: (model, adapter)}``) at that model version and
+        adapter, in one write of the file (atomically): a rollout moves its tenants together. Open
+        streams keep theirs."""
+        for model, adapter in changes.values():
+            if model:
+                ModelRef.parse(model)
+            if adapter:
+                AdapterRef.parse(adapter)
+        keys = {name: {"model": json.dumps(m), "adapter": json.dumps(a)} for name, (m, a) in changes.items()}
+        return self._rewrite_many(keys, lambda ts: all((ts[n].model, ts[n].adapter) == changes[n] for n in changes))
+
+    def set_pinned(self, pinned) -> tuple[str, ...]:
+        """Replace the pinned model versions and write the file (atomically)."""
+        pinned = tuple(sorted({str(ModelRef.parse(p)) for p in pinned}))
+        value = "[" + ", ".join(json.dumps(p) for p in pinned) + "]"
+        with self._lock:
+            updated = _set_top_key(self.path.read_text(), "pinned_models", value)
+            if parse_file(updated)[2] != pinned:
+                raise ValueError("could not rewrite pinned_models")
+            self._replace(updated)
+        self.reload(strict=True)
+        return self._pinned
 
     def set_boost(self, tenant: str, phrases) -> Tenant:
         """Replace ``tenant``'s boost phrases (:class:`brogue.boosting.BoostPhrase`, validated) and
         write the file (atomically). Open streams keep the phrases they started with."""
         phrases = validate(phrases)
         value = "[" + ", ".join(f"{{ phrase = {json.dumps(p.text)}, boost = {p.boost:g} }}" for p in phrases) + "]"
-        return self._rewrite(tenant, "boost", value, lambda t: t.boost == phrases)
+        return self._rewrite(tenant, {"boost": value}, lambda t: t.boost == phrases)
 
-    def _rewrite(self, tenant: str, key: str, value: str, check) -> Tenant:
-        """Set ``key`` of ``tenant`` to the TOML ``value``; the new text is parsed and ``check``\ ed
-        (on the tenant as it would read) before it replaces the file."""
+    def _rewrite(self, tenant: str, values: dict[str, str], check) -> Tenant:
+        """Set keys of ``tenant`` to TOML ``values``; the new text is parsed and ``check``-ed (on
+        the tenant as it would read) before it replaces the file."""
+        return self._rewrite_many({tenant: values}, lambda ts: check(ts[tenant]))[tenant]
+
+    def _rewrite_many(self, values: dict[str, dict[str, str]], check) -> dict[str, Tenant]:
         with self._lock:
-            if tenant not in self._tenants:
-                raise KeyError(f"no tenant {tenant!r}")
-            updated = _set_toml_key(self.path.read_text(), tenant, key, value)
-            if not check(parse_tenants(updated)[0][tenant]):
-                raise ValueError(f"could not rewrite {key} of tenant {tenant}")
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(updated)
-            os.replace(tmp, self.path)
-            self._mtime = None
+            unknown = [t for t in values if t not in self._tenants]
+            if unknown:
+                raise KeyError(f"no tenant {unknown[0]!r}")
+            updated = self.path.read_text()
+            for tenant, keys in values.items():
+                for key, value in keys.items():
+                    updated = _set_toml_key(updated, tenant, key, value)
+            if not check(parse_tenants(updated)[0]):
+                raise ValueError(f"could not rewrite {', '.join(sorted({k for v in values.values() for k in v}))} "
+                                 f"of tenant(s) {', '.join(sorted(values))}")
+            self._replace(updated)
         self.reload(strict=True)
-        return self._tenants[tenant]
+        return {t: self._tenants[t] for t in values}
+
+    def _replace(self, text: str) -> None:
+        """Write the file atomically (under the lock); the next reload reads it."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
+        self._mtime = None
+
+
+def _set_top_key(text: str, key: str, value: str) -> str:
+    """Rewrite (or add, before the first table) the top-level one-line ``KEY = VALUE``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            lines.insert(i, f"{key} = {value}")
+            break
+        if stripped.split("=")[0].strip() == key:
+            lines[i] = f"{key} = {value}"
+            break
+    else:
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
 
 
 def _set_toml_key(text: str, tenant: str, key: str, value: str) -> str:

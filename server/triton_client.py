@@ -82,6 +82,9 @@ class SequenceError(RuntimeError):
         self.code = code
 
 
+# How Triton answers a request for a model it has not loaded (or no longer has).
+_MODEL_GONE = "request for unknown model"
+
 # What Triton's own sequence batcher (not the model, whose errors carry a code) says when a sequence
 # it does not know sends a chunk without START: after a Triton restart, for a live stream.
 TRITON_UNKNOWN_SEQUENCE = "must specify the start flag"
@@ -112,8 +115,10 @@ class Sequence:
     request failed, so sequences never share one), over the pool's channel to its instance."""
 
     def __init__(self, pool: "TritonPool", url: str, corrid: int, adapter: str, latency: str, timeout: float,
-                 boost: str = ""):
+                 boost: str = "", model: str | None = None, fingerprint: str | None = None):
         self.pool, self.url, self.corrid = pool, url, corrid
+        self.model = model or pool.model  # the Triton model of the stream's model version
+        self.fingerprint = pool.fingerprint if model is None else fingerprint  # its first reply must carry it
         self.adapter, self.latency, self.timeout = adapter, latency, timeout
         self.boost = boost  # brogue.boosting.to_wire of the stream's phrases, sent on START
         self._client = pool.client(url)
@@ -138,7 +143,7 @@ class Sequence:
         start = not self.started
         self.started = True
         await self._requests.put({
-            "model_name": self.pool.model,
+            "model_name": self.model,
             "inputs": request_inputs(np.asarray(audio, np.float32), start=start, adapter=self.adapter,
                                      latency=self.latency, boost=self.boost),
             "sequence_id": self.corrid,
@@ -167,9 +172,9 @@ class Sequence:
         if end:
             await self.close()
         reply = parse_reply(result)
-        if start and self.pool.fingerprint is not None:
+        if start and self.fingerprint is not None:
             try:
-                check_fingerprint(self.url, reply.model_fingerprint, self.pool.fingerprint)
+                check_fingerprint(self.url, reply.model_fingerprint, self.fingerprint)
             except ModelMismatch:
                 await self.close()
                 raise
@@ -178,7 +183,7 @@ class Sequence:
     async def _end_detached(self) -> None:
         try:
             await self.pool.client(self.url).infer(
-                self.pool.model, request_inputs(np.zeros(0, np.float32), start=False, adapter=self.adapter,
+                self.model, request_inputs(np.zeros(0, np.float32), start=False, adapter=self.adapter,
                                                 latency=self.latency),
                 sequence_id=self.corrid, sequence_end=True, client_timeout=self.timeout)
         except Exception as e:  # noqa: BLE001 - best effort: Triton's idle sweep is the fallback
@@ -192,6 +197,10 @@ class Sequence:
         else:
             msg, status = str(error), ""
         code, text = split_tag(msg)
+        if code is None and self.model != self.pool.model and _MODEL_GONE in msg.lower():
+            # a model version unloaded under the stream (its Triton restarted): load it again next time
+            self.pool.model_gone(self.url, self.model)
+            return TritonUnavailable(f"Triton at {self.url} no longer serves {self.model}: {msg}")
         if code is None and _transport_down(status, msg):
             self.pool.mark_down(self.url)
             return TritonUnavailable(f"Triton at {self.url} is unavailable: {msg}")
@@ -238,6 +247,8 @@ class TritonPool:
         self.ready = {u: True for u in self.urls}  # until check_models or the first probe says otherwise
         self.warm = lambda: []  # adapter references to load into a (re)joining instance's bank
         self.on_change = lambda ready_urls: None
+        self.on_admit = lambda url: None  # an instance (re)joins: the models it had loaded are gone
+        self.model_gone = lambda url, model: None  # a stream found a model version missing on url
         self._refused: dict[str, str] = {}  # url -> why it was last refused admission
         self._ids = itertools.count(secrets.randbits(62))
         self._background: set[asyncio.Task] = set()
@@ -285,17 +296,25 @@ class TritonPool:
     def _release(self, url: str) -> None:
         self.live[url] = max(0, self.live[url] - 1)
 
-    def open(self, *, adapter: str = "", latency: str = "", boost: str = "") -> Sequence:
-        up = self.ready_urls()
+    def open(self, *, adapter: str = "", latency: str = "", boost: str = "", model: str | None = None,
+             fingerprint: str | None = None, urls=None) -> Sequence:
+        """A sequence on the least loaded ready instance (of ``urls``, where given: those that have
+        ``model`` loaded). ``model``: the Triton model of a model version (default the pool's), whose
+        replies must carry ``fingerprint``."""
+        up = [u for u in self.ready_urls() if urls is None or u in urls]
         if not up:
             raise TritonUnavailable(f"no Triton instance is ready ({', '.join(self.urls)}); try again later")
         url = min(up, key=lambda u: self.live[u])
         self.live[url] += 1
-        return Sequence(self, url, next(self._ids), adapter, latency, self.timeout, boost)
+        return Sequence(self, url, next(self._ids), adapter, latency, self.timeout, boost, model, fingerprint)
 
-    async def _ask_model(self, url: str, adapter: str = "") -> ChunkReply:
+    async def live_sequences(self, url: str, model: str) -> int:
+        """How many sequences ``model`` on ``url`` holds state for (all gateways' streams)."""
+        return (await self._ask_model(url, model=model)).live_sequences
+
+    async def _ask_model(self, url: str, adapter: str = "", model: str | None = None) -> ChunkReply:
         """An empty sequence (START and END, no audio) on ``url``, with ``adapter`` loaded for it."""
-        result = await self.client(url).infer(self.model, request_inputs(np.zeros(0, np.float32), start=True,
+        result = await self.client(url).infer(model or self.model, request_inputs(np.zeros(0, np.float32), start=True,
                                                                          adapter=adapter),
                                                sequence_id=next(self._ids), sequence_start=True, sequence_end=True,
                                                client_timeout=self.timeout)
@@ -319,6 +338,7 @@ class TritonPool:
 
     async def _admit(self, url: str) -> None:
         """Check a (re)joining instance's model and warm its bank, then mark it ready."""
+        self.on_admit(url)
         try:
             check_fingerprint(url, (await self._ask_model(url)).model_fingerprint, self.fingerprint)
         except ModelMismatch as e:

@@ -185,8 +185,11 @@ class WebSocketFrontEnd:
         try:
             try:
                 config = parse_config(await asyncio.wait_for(ws.recv(), lim.config_seconds))
-                info = self.gateway.model_info(config.latency)
-            except (ValueError, StreamError) as e:
+                info = self.gateway.model_info(config.latency, self.gateway.tenant_model(tenant))
+            except StreamError as e:
+                await self._fail(ws, e)
+                return
+            except ValueError as e:
                 await self._fail(ws, StreamError(ErrorCode.BAD_REQUEST, str(e)))
                 return
             except asyncio.TimeoutError:
@@ -194,18 +197,23 @@ class WebSocketFrontEnd:
                 return
             self.gateway.require_ready()  # no Triton ready: 1013 (try again later), never "ready" first
             lease = self.gateway.open_lease(tenant)  # over the limit: refused before "ready"
-            tenant = lease.tenant
+            tenant, model = lease.tenant, None
             try:
+                # the tenant's model version, loaded (it may have to make room): refused before "ready"
+                model = await self.gateway.acquire_model(tenant)
+                info = self.gateway.model_info(config.latency, model)
                 await self._send(ws, {"type": "ready", "tenant": tenant.name, "adapter": tenant.adapter or None,
                                       "sample_rate": info.sample_rate, "chunk_ms": round(info.chunk_samples * 1000 / info.sample_rate),
-                                      "model": self.gateway.meta.raw.get("name")})
+                                      "model": tenant.model or self.gateway.meta.raw.get("name")})
             except BaseException:
                 lease.release()
+                if model is not None:
+                    self.gateway.models.release(model)
                 raise
             # aclosing: if the client goes away mid-stream, the stream's cleanup (END to Triton,
             # lease release) runs now, not whenever the abandoned generator is collected
             async with contextlib.aclosing(self.gateway.run_stream(tenant, config, self._inputs(ws), api="ws",
-                                                                   lease=lease)) as results:
+                                                                   lease=lease, model=model)) as results:
                 async for ev in results:
                     await self._send(ws, result_message(ev))
             await self._send(ws, {"type": "end"})

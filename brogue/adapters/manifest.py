@@ -8,7 +8,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, get_type_hints
+
+from brogue.refs import Ref
 
 FORMAT = "brogue-adapter/1"
 TENSORS_FILE = "adapter.safetensors"
@@ -16,8 +18,6 @@ MANIFEST_FILE = "manifest.json"
 TENSOR_NAMES = ("ln_weight", "ln_bias", "down", "up")
 LM_FILE = "lm.txt.gz"
 _LM_FIELDS = {"file": str, "sha256": str, "size_bytes": int, "order": int, "weight": float, "sentences": int}
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -53,41 +53,11 @@ class AdapterError(ValueError):
 
 
 @dataclass(frozen=True)
-class AdapterRef:
-    """An immutable adapter reference, ``name@version``: one content hash in the store.
+class AdapterRef(Ref):
+    """An immutable adapter reference, ``name@version``: one content hash in the store (the grammar
+    is :class:`brogue.refs.Ref`'s)."""
 
-    ``name`` matches ``[a-z0-9][a-z0-9._-]{0,63}`` and ``version`` matches
-    ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``; otherwise the constructor raises ``ValueError``.
-    """
-
-    name: str
-    version: str
-
-    def __post_init__(self) -> None:
-        if not _NAME_RE.fullmatch(self.name):
-            raise ValueError(
-                f"invalid adapter name {self.name!r}: expected 1 to 64 characters from [a-z0-9._-], "
-                "the first from [a-z0-9]"
-            )
-        if not _VERSION_RE.fullmatch(self.version):
-            raise ValueError(
-                f"invalid adapter version {self.version!r}: expected 1 to 64 characters from "
-                "[A-Za-z0-9._-], the first from [A-Za-z0-9]"
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> AdapterRef:
-        """Parse ``"name@version"``; raise ``ValueError`` saying what is wrong with ``text``."""
-        name, at, version = text.partition("@")
-        if not at:
-            raise ValueError(f"invalid adapter reference {text!r}: expected 'name@version'")
-        try:
-            return cls(name, version)
-        except ValueError as e:
-            raise ValueError(f"invalid adapter reference {text!r}: {e}") from None
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
+    KIND: ClassVar[str] = "adapter"
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ def serve(
                                                                 "take before the client is dropped."),
     max_upload_mb: float = typer.Option(200.0, min=0.001, help="OpenAI API: the largest audio file accepted, in MB "
                                                                "(10^6 bytes); larger uploads get 413."),
+    memory_budget_mb: Optional[float] = typer.Option(None, min=1.0, help="Memory per Triton instance for the model "
+                                                     "versions it serves, in MiB (default: 3/4 of this host's memory "
+                                                     "with the bundled Triton, no limit with --triton-url)."),
+    triton_repository: Optional[Path] = typer.Option(None, help="Where the --triton-url instances see the model "
+                                                                "repository (default: the same path)."),
     log_level: str = typer.Option("INFO"),
 ):
     """Start Triton (bundled, or --triton-url) and the gateway: WebSocket, Riva gRPC, admin, metrics."""
@@ -76,7 +81,9 @@ def serve(
                       listen=Listen(host, http_port, grpc_port, admin_host, admin_port, tls_cert, tls_key),
                       limits=ConnectionLimits(idle_seconds=idle_seconds, send_seconds=send_timeout,
                                               keepalive_seconds=keepalive_seconds),
-                      upload_limits=UploadLimits(max_file_bytes=int(max_upload_mb * 1e6)))
+                      upload_limits=UploadLimits(max_file_bytes=int(max_upload_mb * 1e6)),
+                      memory_budget=int(memory_budget_mb * (1 << 20)) if memory_budget_mb else None,
+                      triton_repository=triton_repository)
     except (ModelMismatch, ValueError, TritonNotFound, TritonServerError) as e:
         _fail(str(e))
 

@@ -22,11 +22,20 @@ class DeviceMemoryError(MemoryError):
     """The engine's buffers do not fit the device; the message says how many stream slots would."""
 
 
+def host_total_bytes() -> int:
+    """``MemTotal`` of this host (Linux), or a very large number where it cannot be read."""
+    return _meminfo("MemTotal:")
+
+
 def host_available_bytes() -> int:
     """``MemAvailable`` of this host (Linux), or a very large number where it cannot be read."""
+    return _meminfo("MemAvailable:")
+
+
+def _meminfo(field: str) -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass

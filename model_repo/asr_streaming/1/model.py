@@ -114,8 +114,9 @@ class TritonPythonModel:
             if res.error is not None:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(res.error)))
                 continue
-            extra = [pb_utils.Tensor("MODEL_FINGERPRINT", np.asarray([[res.model_fingerprint.encode()]],
-                                                                      dtype=np.object_))] if res.model_fingerprint else []
+            extra = [pb_utils.Tensor("MODEL_FINGERPRINT", np.asarray([[res.model_fingerprint.encode()]], dtype=np.object_)),
+                     pb_utils.Tensor("LIVE_SEQUENCES", np.asarray([[res.live_sequences]], dtype=np.int32)),
+                     ] if res.model_fingerprint else []
             responses.append(pb_utils.InferenceResponse(output_tensors=extra + [
                 pb_utils.Tensor("TOKENS", np.asarray([res.tokens], dtype=np.int32)),
                 pb_utils.Tensor("TOKEN_TIMES", np.asarray([res.times], dtype=np.float32)),
