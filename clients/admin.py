@@ -1,4 +1,4 @@
-"""Client of the gateway's admin gRPC API (``brogue adapters push|assign|list``).
+"""Client of the gateway's admin gRPC API (``brogue adapters ...`` and ``brogue models ...``).
 
 The admin port listens on 127.0.0.1:50052 unless the gateway was started with another
 ``--admin-host``/``--admin-port``. The token comes from ``--token`` or ``BROGUE_ADMIN_TOKEN``; with
@@ -44,12 +44,13 @@ class PushRequest:
     source: dict | None = None
     domain_lm_text: str = ""  # the domain LM's sentences, one per line ("" = none)
     domain_lm_weight: float = 0.0  # 0 = the server's default, 0.5
+    model: str = ""  # the model it was trained on ("" = the deployment's base)
 
 
 def push_request(path: str | os.PathLike, *, name: str | None = None, version: str | None = None,
                  kind: str | None = None, description: str | None = None,
                  base_fingerprint: str | None = None, domain_lm: str | os.PathLike | None = None,
-                 domain_lm_weight: float = 0.0) -> PushRequest:
+                 domain_lm_weight: float = 0.0, model: str = "") -> PushRequest:
     """Read a store entry directory or an ``adapter.safetensors`` file for :meth:`AdminClient.publish`.
 
     An entry directory is checked locally first (manifest, size, SHA-256, tensors; not the base
@@ -57,6 +58,7 @@ def push_request(path: str | os.PathLike, *, name: str | None = None, version: s
     base fingerprint is sent so that the server refuses an adapter trained on another base model.
     A bare tensor file needs ``name``. An entry's domain LM goes along; ``domain_lm`` (a sentence
     file, ``.txt`` or ``.txt.gz``) gives one, or replaces the entry's, mixed in at ``domain_lm_weight``.
+    ``model``: the model version it was trained on ("" = the deployment's base).
     """
     path = Path(path)
     lm_text, lm_weight = "", domain_lm_weight
@@ -73,13 +75,13 @@ def push_request(path: str | os.PathLike, *, name: str | None = None, version: s
                            kind if kind is not None else m.kind,
                            description if description is not None else m.description,
                            (path / TENSORS_FILE).read_bytes(), base_fingerprint or m.base_fingerprint,
-                           m.source, lm_text, lm_weight)
+                           m.source, lm_text, lm_weight, model)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such adapter file or store entry directory")
     if not name:
         raise ValueError(f"{path}: a bare tensor file needs --name (an entry folder has a {MANIFEST_FILE})")
     return PushRequest(name, version or "", kind or "", description or "", path.read_bytes(),
-                       base_fingerprint or "", None, lm_text, lm_weight)
+                       base_fingerprint or "", None, lm_text, lm_weight, model)
 
 
 class AdminClient:
@@ -121,7 +123,7 @@ class AdminClient:
             name=req.name, version=req.version, kind=req.kind, description=req.description,
             safetensors=req.safetensors, base_fingerprint=req.base_fingerprint,
             source_json=json.dumps(req.source) if req.source else "",
-            domain_lm_text=req.domain_lm_text, domain_lm_weight=req.domain_lm_weight))
+            domain_lm_text=req.domain_lm_text, domain_lm_weight=req.domain_lm_weight, model=req.model))
 
     def assign(self, tenant: str, adapter: str) -> pb.Tenant:
         return self._call(self.stub.AssignAdapter, pb.AssignAdapterRequest(tenant=tenant, adapter=adapter))
@@ -137,6 +139,47 @@ class AdminClient:
     def adapters(self) -> list[pb.Adapter]:
         return list(self._call(self.stub.ListAdapters, pb.ListAdaptersRequest()).adapters)
 
+    def publish_model(self, folder: str | os.PathLike, name: str, version: str, *, kind: str = "full",
+                      description: str = "", parent_fingerprint: str = "", source: dict | None = None,
+                      rollout: bool = True, timeout: float = 3600.0) -> pb.PublishModelResponse:
+        """Upload the export at ``folder`` as ``name@version`` (every file, hashed first, then sent
+        in chunks of :data:`MODEL_CHUNK_BYTES`)."""
+        from brogue.models.store import export_files
+
+        folder = Path(folder)
+        files = export_files(folder)
+        header = pb.PublishModelHeader(
+            name=name, version=version, kind=kind, description=description, parent_fingerprint=parent_fingerprint,
+            source_json=json.dumps(source) if source else "", rollout=rollout,
+            files=[pb.ModelFile(path=p, size_bytes=f.size_bytes, sha256=f.sha256) for p, f in files.items()])
+        try:
+            return self.stub.PublishModel(model_chunks(folder, header), metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as e:
+            raise AdminClientError(e.code().name, e.details() or str(e)) from None
+
+    def assign_model(self, tenant: str, model: str, adapter: str = "") -> pb.Tenant:
+        return self._call(self.stub.AssignModel, pb.AssignModelRequest(tenant=tenant, model=model, adapter=adapter))
+
+    def pin_model(self, model: str, pinned: bool = True) -> pb.Model:
+        return self._call(self.stub.PinModel, pb.PinModelRequest(model=model, pinned=pinned))
+
+    def models(self) -> pb.ListModelsResponse:
+        return self._call(self.stub.ListModels, pb.ListModelsRequest())
+
+
+MODEL_CHUNK_BYTES = 4 << 20
+
+
+def model_chunks(folder: Path, header: pb.PublishModelHeader):
+    """The messages of a model upload: the header, then each file's bytes in order."""
+    yield pb.PublishModelChunk(header=header)
+    for f in header.files:
+        with open(Path(folder) / f.path, "rb") as fh:
+            offset = 0
+            for block in iter(lambda: fh.read(MODEL_CHUNK_BYTES), b""):
+                yield pb.PublishModelChunk(path=f.path, offset=offset, data=block)
+                offset += len(block)
+
 
 def adapter_dict(a: pb.Adapter) -> dict:
     return {"ref": a.ref, "kind": a.kind, "description": a.description, "dim": a.dim, "n_layers": a.n_layers,
@@ -146,7 +189,15 @@ def adapter_dict(a: pb.Adapter) -> dict:
             "domain_lm_sentences": a.domain_lm_sentences}
 
 
+def model_dict(m: pb.Model) -> dict:
+    return {"ref": m.ref or None, "base": m.base, "name": m.name, "version": m.version or None, "kind": m.kind,
+            "description": m.description, "fingerprint": m.fingerprint, "parent_fingerprint": m.parent_fingerprint,
+            "created_at": m.created_at, "size_bytes": m.size_bytes, "serving_bytes": m.serving_bytes,
+            "instances_loaded": m.instances_loaded, "live_streams": m.live_streams, "pinned": m.pinned,
+            "tenants": list(m.tenants), "error": m.error or None, "error_code": m.error_code or None}
+
+
 def tenant_dict(t: pb.Tenant) -> dict:
-    return {"name": t.name, "adapter": t.adapter or None, "max_streams": t.max_streams,
+    return {"name": t.name, "model": t.model or None, "adapter": t.adapter or None, "max_streams": t.max_streams,
             "max_stream_seconds": t.max_stream_seconds, "live_streams": t.live_streams,
             "api_keys": t.api_keys, "boost": [{"phrase": p.phrase, "boost": p.boost} for p in t.boost]}

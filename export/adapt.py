@@ -97,23 +97,41 @@ def training_manifest(path: Path, out: Path, replay: Path | None = None, replay_
     return len(rows), len(extra)
 
 
-def _posteriors(model, encoded):
-    """The CTC head's log-probabilities of a CTC or hybrid model, or None (RNNT only)."""
+def _ctc_head(model):
+    """The CTC head of a CTC or hybrid model, or None (RNNT only)."""
     if hasattr(model, "ctc_decoder"):  # hybrid RNNT/CTC
-        return model.ctc_decoder(encoder_output=encoded)
+        return model.ctc_decoder
     from nemo.collections.asr.models import EncDecCTCModel
 
-    if isinstance(model, EncDecCTCModel):
-        return model.decoder(encoder_output=encoded)
-    return None
+    return model.decoder if isinstance(model, EncDecCTCModel) else None
+
+
+def _posteriors(model, encoded):
+    """The CTC head's log-probabilities of a CTC or hybrid model, or None (RNNT only)."""
+    head = _ctc_head(model)
+    return None if head is None else head(encoder_output=encoded)
+
+
+def output_divergence(base_enc, base_out, enc, out, enc_len):
+    """How far ``enc``/``out`` are from ``base_enc``/``base_out``: per frame, KL(base || other) of the
+    CTC head's log-probabilities ``[B, T, V]``, or when ``out`` is None (RNNT) the squared distance
+    of the encoder outputs ``[B, D, T]``; summed over each row's ``enc_len`` frames, averaged over rows."""
+    import torch
+
+    if out is None:  # encoder outputs [B, D, T]
+        per_frame = ((enc - base_enc) ** 2).sum(dim=1)
+    else:  # log-probabilities [B, T, V]
+        per_frame = (base_out.exp() * (base_out - out)).sum(dim=-1)
+    mask = torch.arange(per_frame.shape[1], device=per_frame.device)[None, :] < enc_len[:, None]
+    return (per_frame * mask).sum() / per_frame.shape[0]
 
 
 def distillation_loss(model, adapter: str, signal, signal_len):
     """How far the adapter moves the model's output on ``signal`` from the base model's own: per
     frame, KL(base || adapted) of the CTC head's distributions (CTC and hybrid models) or the
     squared distance of the encoder outputs (RNNT models), summed over frames, averaged over rows
-    (the scale of a CTC loss per row). Both passes see the same features, without SpecAugment or
-    dropout; the base pass has ``adapter`` disabled and no gradient."""
+    (the scale of a CTC loss per row; :func:`output_divergence`). Both passes see the same features,
+    without SpecAugment or dropout; the base pass has ``adapter`` disabled and no gradient."""
     import torch
     from nemo.utils import logging
 
@@ -132,18 +150,14 @@ def distillation_loss(model, adapter: str, signal, signal_len):
         out = _posteriors(model, enc)
     finally:
         model.train(was_training)
-    if out is None:  # encoder outputs [B, D, T]
-        per_frame = ((enc - base_enc) ** 2).sum(dim=1)
-    else:  # log-probabilities [B, T, V]
-        per_frame = (base_out.exp() * (base_out - out)).sum(dim=-1)
-    mask = torch.arange(per_frame.shape[1], device=per_frame.device)[None, :] < enc_len[:, None]
-    return (per_frame * mask).sum() / per_frame.shape[0]
+    return output_divergence(base_enc, base_out, enc, out, enc_len)
 
 
-def _distill_replay(model, adapter: str, replay_config: dict, weight: float) -> None:
+def _distill_replay(model, replay_config: dict, weight: float, distill) -> None:
     """Make ``model`` train on batches ``{"own": ..., "replay": ...}``: its own training step
-    (CTC loss) on the tenant's rows, plus ``weight`` times :func:`distillation_loss` on the
-    replayed rows, drawn from ``replay_config``'s manifest by a second loader."""
+    (CTC loss) on the tenant's rows, plus ``weight`` times ``distill(signal, signal_len)`` (e.g.
+    :func:`distillation_loss`) on the replayed rows, drawn from ``replay_config``'s manifest by a
+    second loader."""
     from lightning.pytorch.utilities import CombinedLoader
     from omegaconf import OmegaConf
 
@@ -155,9 +169,109 @@ def _distill_replay(model, adapter: str, replay_config: dict, weight: float) -> 
         out = own_step(batch["own"], batch_idx)
         loss = out["loss"] if isinstance(out, dict) else out
         signal, signal_len = batch["replay"][0], batch["replay"][1]
-        return {"loss": loss + weight * distillation_loss(model, adapter, signal, signal_len)}
+        return {"loss": loss + weight * distill(signal, signal_len)}
 
     model.training_step = training_step
+
+
+def _check_options(replay_loss: str, distill_weight: float, batch_size: int, speed_perturb: float) -> None:
+    """Refuse training options that cannot work, before any model is loaded."""
+    if replay_loss not in ("ctc", "distill"):
+        raise ValueError(f"replay loss must be 'ctc' or 'distill', not {replay_loss!r}")
+    if distill_weight <= 0:
+        raise ValueError(f"distillation weight must be above 0, not {distill_weight}")
+    if replay_loss == "distill" and batch_size < 2:
+        raise ValueError("a distilled replay needs batches of at least 2 rows (the tenant's and replayed ones)")
+    if not 0 <= speed_perturb < 0.5:
+        raise ValueError(f"speed perturbation must be in [0, 0.5) (0: none), not {speed_perturb}")
+
+
+@dataclass
+class _TrainingData:
+    """The manifests one training run reads (see :func:`_training_data`)."""
+
+    manifest: Path
+    own: int
+    replayed: int
+    replay_manifest: Path | None = None  # a distilled replay's rows, read by a second loader
+    replay_batch: int = 0  # rows of each batch from replay_manifest
+
+    def describe(self, replay: Path | None) -> str:
+        if self.replay_manifest is not None:
+            return (f", {self.own} rows; {self.replay_batch} rows of each batch from {Path(replay).name}, "
+                    f"distilled to the base's output")
+        return f", {self.own} rows + {self.replayed} replayed from {Path(replay).name}" if self.replayed else ""
+
+
+def _training_data(folder: Path, train_manifest: Path, replay: Path | None, replay_fraction: float,
+                   replay_loss: str, batch_size: int, seed: int) -> _TrainingData:
+    """Write the manifests to train on into ``folder``: :func:`training_manifest`'s mix, or for a
+    distilled replay the tenant's rows and the replayed ones apart, ``replay_fraction`` of each
+    batch (at least 1 row, at most ``batch_size - 1``) from the latter."""
+    manifest = Path(folder) / "train_manifest.json"
+    if replay_loss == "distill" and replay is not None and replay_fraction > 0:
+        own, _ = training_manifest(train_manifest, manifest, seed=seed)
+        replay_manifest = Path(folder) / "replay_manifest.json"
+        replayed, _ = training_manifest(Path(replay), replay_manifest, seed=seed + 2)
+        replay_batch = min(batch_size - 1, max(1, round(batch_size * replay_fraction)))
+        return _TrainingData(manifest, own, replayed, replay_manifest, replay_batch)
+    own, replayed = training_manifest(train_manifest, manifest, Path(replay) if replay else None,
+                                      replay_fraction, seed)
+    return _TrainingData(manifest, own, replayed)
+
+
+def _fit(model, data: _TrainingData, *, steps: int, batch_size: int, lr: float, warmup: int, max_duration: float,
+         speed_perturb: float, accelerator: str, progress: bool, distill=None,
+         distill_weight: float = 1.0) -> tuple[list[float], float, int]:
+    """Train ``model``'s trainable weights on ``data`` with Lightning for ``steps`` optimiser steps
+    (AdamW, warmup + cosine decay to ``lr / 50``, gradient clip 1.0, SpecAugment as configured);
+    with a distilled replay, ``distill`` is its loss (:func:`_distill_replay`). Returns the loss of
+    every step, the training seconds and the steps done."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import TQDMProgressBar
+    from omegaconf import OmegaConf, open_dict
+
+    losses: list[float] = []
+
+    class Track(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            losses.append(float(loss))
+
+    # tqdm: Lightning's RichProgressBar fails at start with the installed rich (IndexError in clear_live)
+    bar = [TQDMProgressBar(refresh_rate=5)] if progress else []
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=32, max_steps=steps,
+                         enable_checkpointing=False, logger=False, enable_progress_bar=progress,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         callbacks=[Track(), *bar], gradient_clip_val=1.0)
+    with open_dict(model.cfg):
+        model.cfg.optim = OmegaConf.create(
+            {"name": "adamw", "lr": lr, "betas": [0.9, 0.98], "weight_decay": 0.0,
+             "sched": {"name": "CosineAnnealing", "warmup_steps": min(warmup, max(steps // 5, 0)),
+                       "min_lr": lr / 50}})
+    model.set_trainer(trainer)
+    distilled = data.replay_manifest is not None
+    own_batch = batch_size - data.replay_batch if distilled else batch_size
+    model.setup_training_data(OmegaConf.create(_data_config(model, data.manifest, own_batch, max_duration,
+                                                            speed_perturb)))
+    if distilled:
+        _distill_replay(model, _data_config(model, data.replay_manifest, data.replay_batch, max_duration),
+                        distill_weight, distill)
+    model.setup_optimization(model.cfg.optim)
+    t0 = time.time()
+    trainer.fit(model)
+    return losses, time.time() - t0, trainer.global_step
+
+
+def _loss_ends(losses: list[float]) -> tuple[float, float]:
+    """The first step's loss and the mean of the last 10 (NaN without steps)."""
+    if not losses:
+        return float("nan"), float("nan")
+    return losses[0], sum(losses[-10:]) / len(losses[-10:])
+
+
+def _peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def train_adapter(
@@ -205,9 +319,7 @@ def train_adapter(
 
     import lightning.pytorch as pl
     import torch
-    from lightning.pytorch.callbacks import TQDMProgressBar
     from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
-    from omegaconf import OmegaConf, open_dict
 
     from brogue.adapters import AdapterRef, BaseSpec, read_adapter
 
@@ -217,14 +329,7 @@ def train_adapter(
     AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
     if not 0 <= domain_lm < 1:
         raise ValueError(f"domain LM weight must be in [0, 1) (0: none), not {domain_lm}")
-    if replay_loss not in ("ctc", "distill"):
-        raise ValueError(f"replay loss must be 'ctc' or 'distill', not {replay_loss!r}")
-    if distill_weight <= 0:
-        raise ValueError(f"distillation weight must be above 0, not {distill_weight}")
-    if replay_loss == "distill" and batch_size < 2:
-        raise ValueError("a distilled replay needs batches of at least 2 rows (the tenant's and replayed ones)")
-    if not 0 <= speed_perturb < 0.5:
-        raise ValueError(f"speed perturbation must be in [0, 0.5) (0: none), not {speed_perturb}")
+    _check_options(replay_loss, distill_weight, batch_size, speed_perturb)
     train_manifest = Path(train_manifest)
     hours = _check_manifest(train_manifest)
     if replay is not None:
@@ -245,55 +350,17 @@ def train_adapter(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     with tempfile.TemporaryDirectory(prefix="brogue-adapt-") as tmp:
-        manifest = Path(tmp) / "train_manifest.json"
-        distill = replay_loss == "distill" and replay is not None and replay_fraction > 0
-        if distill:
-            own, _ = training_manifest(train_manifest, manifest, seed=seed)
-            replay_manifest = Path(tmp) / "replay_manifest.json"
-            replayed, _ = training_manifest(Path(replay), replay_manifest, seed=seed + 2)
-            replay_batch = min(batch_size - 1, max(1, round(batch_size * replay_fraction)))
-        else:
-            own, replayed = training_manifest(train_manifest, manifest, Path(replay) if replay else None,
-                                              replay_fraction, seed)
-        losses: list[float] = []
-
-        class Track(pl.Callback):
-            def on_train_batch_end(self, trainer, module, outputs, batch, idx):
-                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-                losses.append(float(loss))
-
-        # tqdm: Lightning's RichProgressBar fails at start with the installed rich (IndexError in clear_live)
-        bar = [TQDMProgressBar(refresh_rate=5)] if progress else []
-        trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=32, max_steps=steps,
-                             enable_checkpointing=False, logger=False, enable_progress_bar=progress,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                             callbacks=[Track(), *bar], gradient_clip_val=1.0)
-        with open_dict(model.cfg):
-            model.cfg.optim = OmegaConf.create(
-                {"name": "adamw", "lr": lr, "betas": [0.9, 0.98], "weight_decay": 0.0,
-                 "sched": {"name": "CosineAnnealing", "warmup_steps": min(warmup, max(steps // 5, 0)),
-                           "min_lr": lr / 50}})
-        model.set_trainer(trainer)
-        own_batch = batch_size - replay_batch if distill else batch_size
-        model.setup_training_data(OmegaConf.create(_data_config(model, manifest, own_batch, max_duration,
-                                                                speed_perturb)))
-        if distill:
-            _distill_replay(model, full, _data_config(model, replay_manifest, replay_batch, max_duration),
-                            distill_weight)
-        model.setup_optimization(model.cfg.optim)
-        t0 = time.time()
-        trainer.fit(model)
-        seconds = time.time() - t0
+        data = _training_data(Path(tmp), train_manifest, replay, replay_fraction, replay_loss, batch_size, seed)
+        losses, seconds, done = _fit(
+            model, data, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, max_duration=max_duration,
+            speed_perturb=speed_perturb, accelerator=accelerator, progress=progress, distill_weight=distill_weight,
+            distill=lambda signal, signal_len: distillation_loss(model, full, signal, signal_len))
     model.eval()
     if fingerprint(model) != base_fp:
         raise RuntimeError("the base weights changed during adapter training (they must stay frozen)")
     store = Path(store)
     lm_sentences = [r["text"] for r in read_manifest(train_manifest)] if domain_lm > 0 else None
-    if distill:
-        mix = (f", {own} rows; {replay_batch} rows of each batch from {Path(replay).name}, "
-               f"distilled to the base's output")
-    else:
-        mix = f", {own} rows + {replayed} replayed from {Path(replay).name}" if replayed else ""
+    mix = data.describe(replay)
     aug = f", speed perturbation {speed_perturb:g}" if speed_perturb else ""
     description = description or (f"LinearAdapter dim {dim}, {steps} steps on {train_manifest.name} "
                                    f"({hours * 60:.1f} min of audio{mix}{aug}), {trainable} parameters")
@@ -302,7 +369,6 @@ def train_adapter(
     entry = store / m.name / m.version
     enc = model.encoder
     read_adapter(entry, BaseSpec(fingerprint=base_fp, n_layers=len(enc.layers), d_model=d_model, max_dim=dim))
-    return AdaptResult(manifest=m, entry=entry, steps=trainer.global_step, seconds=seconds,
-                       first_loss=losses[0] if losses else float("nan"),
-                       last_loss=sum(losses[-10:]) / max(len(losses[-10:]), 1) if losses else float("nan"),
-                       train_hours=hours, peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    first, last = _loss_ends(losses)
+    return AdaptResult(manifest=m, entry=entry, steps=done, seconds=seconds, first_loss=first, last_loss=last,
+                       train_hours=hours, peak_rss_mb=_peak_rss_mb())

@@ -13,6 +13,11 @@ checked against the tenants file's ``admin_token_sha256``. Calls:
   streams get the new one. Tenants never name adapters in their requests: only this call, with
   the admin token, decides which adapter a tenant's streams use.
 - ``ListTenants``, ``ListAdapters``.
+- ``PublishModel``, ``AssignModel``, ``PinModel``, ``ListModels``: model versions served beside the
+  base (:mod:`brogue.server.admin_models`).
+
+Adapters belong to one model, by fingerprint: an adapter is published for the deployment's base or
+for a store version (``model``), and validated against the model of the tenant it is assigned to.
 
 Neither tokens nor API keys are ever logged; the log names the call, the tenant and the reference.
 """
@@ -32,6 +37,7 @@ from brogue.adapters import AdapterError, AdapterRef, BaseSpec
 from brogue.adapters.store import AdapterStore
 from brogue.boosting import DEFAULT_BOOST, validate
 
+from .admin_models import AdminError, ModelAdmin, base_spec
 from .protos import brogue_admin_pb2 as pb
 from .protos import brogue_admin_pb2_grpc as pb_grpc
 from .tenants import AuthError
@@ -77,8 +83,8 @@ class AdminService(pb_grpc.AdminServicer):
     def __init__(self, gateway):
         self.gateway = gateway
         self.store = AdapterStore(gateway.config.store_dir)
-        meta = gateway.meta
-        self.base = BaseSpec(meta.fingerprint, meta.n_layers, meta.d_model, meta.max_adapter_dim)
+        self.base = base_spec(gateway.meta)
+        self.models = ModelAdmin(gateway)
         self._publish_lock = asyncio.Lock()
 
     async def _authorize(self, context: grpc.aio.ServicerContext, call: str) -> None:
@@ -119,11 +125,15 @@ class AdminService(pb_grpc.AdminServicer):
         if request.domain_lm_text and not request.domain_lm_text.strip():
             await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request",
                               "domain_lm_text holds no sentence")
-        if request.base_fingerprint and request.base_fingerprint != self.base.fingerprint:
+        try:
+            base = self.models.spec_for(request.model.strip())
+        except ValueError as e:  # ModelError too: no such model version
+            await self._abort(context, grpc.StatusCode.NOT_FOUND, "bad_request", f"model {request.model!r}: {e}")
+        if request.base_fingerprint and request.base_fingerprint != base.fingerprint:
             await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "adapter",
                               f"wrong_base: adapter {request.name} was trained on base model "
-                              f"{request.base_fingerprint[:16]}, but the served base model is "
-                              f"{self.base.fingerprint[:16]}")
+                              f"{request.base_fingerprint[:16]}, but model {request.model or 'base'} is "
+                              f"{base.fingerprint[:16]}")
         source = {}
         if request.source_json:
             try:
@@ -135,7 +145,7 @@ class AdminService(pb_grpc.AdminServicer):
                                   "source_json must be a JSON object")
         async with self._publish_lock:
             try:
-                manifest = await asyncio.to_thread(self._publish, request, source)
+                manifest = await asyncio.to_thread(self._publish, request, source, base)
             except AdapterError as e:
                 log.info("admin PublishAdapter %s refused: %s", request.name, e.code)
                 await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "adapter", f"{e.code}: {e}")
@@ -148,7 +158,7 @@ class AdminService(pb_grpc.AdminServicer):
                  manifest.sha256[:12])
         return adapter_message(manifest)
 
-    def _publish(self, request: pb.PublishAdapterRequest, source: dict):
+    def _publish(self, request: pb.PublishAdapterRequest, source: dict, base: BaseSpec):
         # The store reads a local file: stage the bytes in a private temporary file (outside the store,
         # so a refused adapter leaves the store untouched).
         fd, tmp = tempfile.mkstemp(prefix="brogue-admin-", suffix=".safetensors")
@@ -156,7 +166,7 @@ class AdminService(pb_grpc.AdminServicer):
             with os.fdopen(fd, "wb") as f:
                 f.write(request.safetensors)
             lm = request.domain_lm_text.splitlines() if request.domain_lm_text else None
-            return self.store.publish(Path(tmp), base=self.base, name=request.name,
+            return self.store.publish(Path(tmp), base=base, name=request.name,
                                       version=request.version or None, kind=request.kind,
                                       description=request.description, source=source, lm_sentences=lm,
                                       lm_weight=round(request.domain_lm_weight, 4) or 0.5)
@@ -178,8 +188,12 @@ class AdminService(pb_grpc.AdminServicer):
                 ref = AdapterRef.parse(adapter)
             except ValueError as e:
                 await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request", str(e))
+            try:  # an adapter of the tenant's own model (by fingerprint)
+                base = self.models.spec_for(tenants[request.tenant].model)
+            except ValueError as e:
+                await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION, "model", f"tenant's model: {e}")
             try:
-                await asyncio.to_thread(self.store.load, ref, self.base)
+                await asyncio.to_thread(self.store.load, ref, base)
             except AdapterError as e:
                 missing = e.code == "missing"
                 status = grpc.StatusCode.NOT_FOUND if missing else grpc.StatusCode.FAILED_PRECONDITION
@@ -202,7 +216,8 @@ class AdminService(pb_grpc.AdminServicer):
             await self._abort(context, grpc.StatusCode.NOT_FOUND, "bad_request", f"no tenant {request.tenant!r}")
         try:
             phrases = validate((p.phrase, p.boost or DEFAULT_BOOST) for p in request.phrases)
-            self.gateway.check_phrases(phrases)  # the served model must be able to write them
+            tenant_model = self.gateway.models.describe(self.gateway.tenants.tenants()[request.tenant].model)
+            self.gateway.check_phrases(phrases, tenant_model)  # the tenant's model must be able to write them
         except ValueError as e:  # BoostError, PhraseError
             await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_request", str(e))
         try:
@@ -229,17 +244,57 @@ class AdminService(pb_grpc.AdminServicer):
         return pb.ListAdaptersResponse(adapters=out)
 
     def _list(self):
-        """Entries validated against the served model; a failing entry keeps its manifest's fields
-        when the manifest itself is readable."""
-        quick = {e.ref: e.manifest for e in self.store.list()}
-        return [(e, e.manifest or quick.get(e.ref)) for e in self.store.list(self.base)]
+        """Entries validated against the model they were trained for (the base, or a store version
+        with their fingerprint; else against the base, which reports ``wrong_base``); a failing
+        entry keeps its manifest's fields when the manifest itself is readable."""
+        specs = self.models.spec_by_fingerprint()
+        out = []
+        for quick in self.store.list():
+            spec = specs.get(quick.manifest.base_fingerprint, self.base) if quick.manifest else self.base
+            try:
+                self.store.load(quick.ref, spec)
+                out.append((quick, quick.manifest))
+            except AdapterError as e:
+                out.append((type(quick)(quick.ref, None, e), quick.manifest))
+        return out
 
     def _tenant_message(self, t) -> pb.Tenant:
         live = self.gateway.tenants.live_streams().get(t.name, 0)
-        return pb.Tenant(name=t.name, adapter=t.adapter, max_streams=t.max_streams,
+        return pb.Tenant(name=t.name, adapter=t.adapter, model=t.model, max_streams=t.max_streams,
                          max_stream_seconds=t.max_stream_seconds, live_streams=live,
                          api_keys=len(t.key_hashes),
                          boost=[pb.BoostPhrase(phrase=p.text, boost=p.boost) for p in t.boost])
+
+
+    # -- model versions (brogue.server.admin_models) --------------------------------------------------
+
+    async def _model_call(self, context, coro):
+        try:
+            return await coro
+        except AdminError as e:
+            await self._abort(context, getattr(grpc.StatusCode, e.status), e.kind, str(e))
+
+    async def PublishModel(self, request_iterator, context) -> pb.PublishModelResponse:
+        await self._authorize(context, "PublishModel")
+        manifest, moved = await self._model_call(context, self.models.publish(request_iterator.__aiter__()))
+        model = self.models.message(self.models.fleet.describe(str(manifest.ref)), manifest)
+        return pb.PublishModelResponse(model=model, moved_tenants=moved)
+
+    async def AssignModel(self, request: pb.AssignModelRequest, context) -> pb.Tenant:
+        await self._authorize(context, "AssignModel")
+        tenant = await self._model_call(context, self.models.assign(request.tenant, request.model.strip(),
+                                                                    request.adapter.strip()))
+        return self._tenant_message(tenant)
+
+    async def PinModel(self, request: pb.PinModelRequest, context) -> pb.Model:
+        await self._authorize(context, "PinModel")
+        return await self._model_call(context, self.models.pin(request.model.strip(), request.pinned))
+
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+        await self._authorize(context, "ListModels")
+        budget = self.models.fleet.budget
+        models = await asyncio.to_thread(self.models.list)
+        return pb.ListModelsResponse(models=models, budget_bytes=budget.total if budget else 0)
 
 
 def add_admin(gateway, server: grpc.aio.Server) -> AdminService:

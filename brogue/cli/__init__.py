@@ -5,7 +5,9 @@ so serving never imports torch.
 - :mod:`.serving`: ``triton``, ``serve``, ``demo``;
 - :mod:`.streaming`: ``mic``, ``transcribe``;
 - :mod:`.data`: ``corpus``, ``adapt``, ``eval``;
+- :mod:`.finetune`: ``finetune``;
 - :mod:`.adapters`: ``adapters push|assign|boost|list``;
+- :mod:`.models`: ``models push|assign|pin|unpin|list``;
 - :mod:`.bench`: ``bench``, ``faults``, ``soak``.
 """
 
@@ -18,7 +20,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Each module registers its commands when imported, in this order (the order of --help).
-from . import model, serving, streaming, data, adapters, bench  # noqa: E402,F401,I001
+from . import model, serving, streaming, data, finetune, adapters, models, bench  # noqa: E402,F401,I001
 from .common import app  # noqa: E402
 
 __all__ = ["app"]

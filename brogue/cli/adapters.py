@@ -44,6 +44,8 @@ def adapters_push(
     domain_lm: Optional[Path] = typer.Option(None, "--domain-lm", help="Sentences (.txt/.txt.gz) for the "
                                                                         "adapter's domain LM (an entry's own goes along)."),
     domain_lm_weight: float = typer.Option(0.0, help="Its prior weight in the mix with the model's LM (0: 0.5)."),
+    model: str = typer.Option("", "--model", help="The model version it was trained on (NAME@VERSION of the model "
+                                                  "store; default: the deployment's base)."),
     admin: str = _ADMIN, token: Optional[str] = _TOKEN, tls_ca: Optional[Path] = _TLS_CA,
 ):
     """Validate an adapter on the gateway and add it to its store as NAME@VERSION."""
@@ -52,7 +54,8 @@ def adapters_push(
 
     try:
         req = push_request(path, name=name, version=version, kind=kind, description=description,
-                           base_fingerprint=base_fingerprint, domain_lm=domain_lm, domain_lm_weight=domain_lm_weight)
+                           base_fingerprint=base_fingerprint, domain_lm=domain_lm, domain_lm_weight=domain_lm_weight,
+                           model=model)
     except (AdapterError, ValueError, OSError) as e:
         _fail(str(e))
     a = _admin_call(admin, token, tls_ca, lambda c: c.publish(req))
@@ -101,7 +104,7 @@ def adapters_list(
     """List the store's adapters (validated against the served model) and the tenants."""
     import json
 
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from brogue.clients.admin import adapter_dict, tenant_dict
 
@@ -111,13 +114,15 @@ def adapters_list(
                                "tenants": [tenant_dict(t) for t in tenants]}, indent=2))
         return
     out = Console()
-    table = Table("adapter", "kind", "dim", "sha256", "base", "tenants", "status", title="adapters")
+    table = Table("kind", "dim", "sha256", "base", "tenants", "status", title="adapters")
+    # references stay whole (long error messages wrap instead)
+    table.columns.insert(0, Column("adapter", no_wrap=True, min_width=max([len(a.ref) for a in adapters] + [7])))
     for a in adapters:
         table.add_row(a.ref, a.kind, str(a.dim or ""), a.sha256[:12], a.base_fingerprint[:12],
                       ", ".join(a.tenants), f"[red]{a.error_code}: {a.error}[/]" if a.error else "ok")
     out.print(table)
-    table = Table("tenant", "adapter", "max streams", "max seconds", "live", "keys", title="tenants")
+    table = Table("tenant", "model", "adapter", "max streams", "max seconds", "live", "keys", title="tenants")
     for t in tenants:
-        table.add_row(t.name, t.adapter or "(base model)", str(t.max_streams), f"{t.max_stream_seconds:g}",
-                      str(t.live_streams), str(t.api_keys))
+        table.add_row(t.name, t.model or "(base model)", t.adapter or "(none)", str(t.max_streams),
+                      f"{t.max_stream_seconds:g}", str(t.live_streams), str(t.api_keys))
     out.print(table)

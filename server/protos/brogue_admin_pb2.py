@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62rogue_admin.proto\x12\x0f\x62rogue.admin.v1\"\xcf\x01\n\x15PublishAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0bsafetensors\x18\x05 \x01(\x0c\x12\x18\n\x10\x62\x61se_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bsource_json\x18\x07 \x01(\t\x12\x16\n\x0e\x64omain_lm_text\x18\x08 \x01(\t\x12\x18\n\x10\x64omain_lm_weight\x18\t \x01(\x02\"\xab\x02\n\x07\x41\x64\x61pter\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0b\n\x03\x64im\x18\x06 \x01(\x05\x12\x10\n\x08n_layers\x18\x07 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x08 \x01(\x05\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x18\n\x10\x62\x61se_fingerprint\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x12\n\nerror_code\x18\x0e \x01(\t\x12\x0f\n\x07tenants\x18\x0f \x03(\t\x12\x1b\n\x13\x64omain_lm_sentences\x18\x10 \x01(\x05\"7\n\x14\x41ssignAdapterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\",\n\x0b\x42oostPhrase\x12\x0e\n\x06phrase\x18\x01 \x01(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"V\n\x15SetTenantBoostRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12-\n\x07phrases\x18\x02 \x03(\x0b\x32\x1c.brogue.admin.v1.BoostPhrase\"\xad\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x13\n\x0bmax_streams\x18\x03 \x01(\x05\x12\x1a\n\x12max_stream_seconds\x18\x04 \x01(\x01\x12\x14\n\x0clive_streams\x18\x05 \x01(\x05\x12\x10\n\x08\x61pi_keys\x18\x06 \x01(\x05\x12+\n\x05\x62oost\x18\x07 \x03(\x0b\x32\x1c.brogue.admin.v1.BoostPhrase\"\x14\n\x12ListTenantsRequest\"?\n\x13ListTenantsResponse\x12(\n\x07tenants\x18\x01 \x03(\x0b\x32\x17.brogue.admin.v1.Tenant\"\x15\n\x13ListAdaptersRequest\"B\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.brogue.admin.v1.Adapter2\xb6\x03\n\x05\x41\x64min\x12R\n\x0ePublishAdapter\x12&.brogue.admin.v1.PublishAdapterRequest\x1a\x18.brogue.admin.v1.Adapter\x12O\n\rAssignAdapter\x12%.brogue.admin.v1.AssignAdapterRequest\x1a\x17.brogue.admin.v1.Tenant\x12Q\n\x0eSetTenantBoost\x12&.brogue.admin.v1.SetTenantBoostRequest\x1a\x17.brogue.admin.v1.Tenant\x12X\n\x0bListTenants\x12#.brogue.admin.v1.ListTenantsRequest\x1a$.brogue.admin.v1.ListTenantsResponse\x12[\n\x0cListAdapters\x12$.brogue.admin.v1.ListAdaptersRequest\x1a%.brogue.admin.v1.ListAdaptersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62rogue_admin.proto\x12\x0f\x62rogue.admin.v1\"\xde\x01\n\x15PublishAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x13\n\x0bsafetensors\x18\x05 \x01(\x0c\x12\x18\n\x10\x62\x61se_fingerprint\x18\x06 \x01(\t\x12\x13\n\x0bsource_json\x18\x07 \x01(\t\x12\x16\n\x0e\x64omain_lm_text\x18\x08 \x01(\t\x12\x18\n\x10\x64omain_lm_weight\x18\t \x01(\x02\x12\r\n\x05model\x18\n \x01(\t\"\xab\x02\n\x07\x41\x64\x61pter\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x0b\n\x03\x64im\x18\x06 \x01(\x05\x12\x10\n\x08n_layers\x18\x07 \x01(\x05\x12\x0f\n\x07\x64_model\x18\x08 \x01(\x05\x12\x0e\n\x06sha256\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x18\n\x10\x62\x61se_fingerprint\x18\x0b \x01(\t\x12\x12\n\ncreated_at\x18\x0c \x01(\t\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x12\n\nerror_code\x18\x0e \x01(\t\x12\x0f\n\x07tenants\x18\x0f \x03(\t\x12\x1b\n\x13\x64omain_lm_sentences\x18\x10 \x01(\x05\"7\n\x14\x41ssignAdapterRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\",\n\x0b\x42oostPhrase\x12\x0e\n\x06phrase\x18\x01 \x01(\t\x12\r\n\x05\x62oost\x18\x02 \x01(\x02\"V\n\x15SetTenantBoostRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12-\n\x07phrases\x18\x02 \x03(\x0b\x32\x1c.brogue.admin.v1.BoostPhrase\"\xbc\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x13\n\x0bmax_streams\x18\x03 \x01(\x05\x12\x1a\n\x12max_stream_seconds\x18\x04 \x01(\x01\x12\x14\n\x0clive_streams\x18\x05 \x01(\x05\x12\x10\n\x08\x61pi_keys\x18\x06 \x01(\x05\x12+\n\x05\x62oost\x18\x07 \x03(\x0b\x32\x1c.brogue.admin.v1.BoostPhrase\x12\r\n\x05model\x18\x08 \x01(\t\"\x14\n\x12ListTenantsRequest\"?\n\x13ListTenantsResponse\x12(\n\x07tenants\x18\x01 \x03(\x0b\x32\x17.brogue.admin.v1.Tenant\"\x15\n\x13ListAdaptersRequest\"B\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.brogue.admin.v1.Adapter\"=\n\tModelFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xc3\x01\n\x12PublishModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x1a\n\x12parent_fingerprint\x18\x05 \x01(\t\x12\x13\n\x0bsource_json\x18\x06 \x01(\t\x12)\n\x05\x66iles\x18\x07 \x03(\x0b\x32\x1a.brogue.admin.v1.ModelFile\x12\x0f\n\x07rollout\x18\x08 \x01(\x08\"t\n\x11PublishModelChunk\x12\x33\n\x06header\x18\x01 \x01(\x0b\x32#.brogue.admin.v1.PublishModelHeader\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xc8\x02\n\x05Model\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\x12\x1a\n\x12parent_fingerprint\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\t\x12\x12\n\nsize_bytes\x18\t \x01(\x03\x12\x15\n\rserving_bytes\x18\n \x01(\x03\x12\x18\n\x10instances_loaded\x18\x0b \x01(\x05\x12\x14\n\x0clive_streams\x18\x0c \x01(\x05\x12\x0e\n\x06pinned\x18\r \x01(\x08\x12\x0f\n\x07tenants\x18\x0e \x03(\t\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12\x12\n\nerror_code\x18\x10 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x11 \x01(\x08\"T\n\x14PublishModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.brogue.admin.v1.Model\x12\x15\n\rmoved_tenants\x18\x02 \x03(\t\"D\n\x12\x41ssignModelRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\"0\n\x0fPinModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"\x13\n\x11ListModelsRequest\"R\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.brogue.admin.v1.Model\x12\x14\n\x0c\x62udget_bytes\x18\x02 \x01(\x03\x32\xfd\x05\n\x05\x41\x64min\x12R\n\x0ePublishAdapter\x12&.brogue.admin.v1.PublishAdapterRequest\x1a\x18.brogue.admin.v1.Adapter\x12O\n\rAssignAdapter\x12%.brogue.admin.v1.AssignAdapterRequest\x1a\x17.brogue.admin.v1.Tenant\x12Q\n\x0eSetTenantBoost\x12&.brogue.admin.v1.SetTenantBoostRequest\x1a\x17.brogue.admin.v1.Tenant\x12X\n\x0bListTenants\x12#.brogue.admin.v1.ListTenantsRequest\x1a$.brogue.admin.v1.ListTenantsResponse\x12[\n\x0cListAdapters\x12$.brogue.admin.v1.ListAdaptersRequest\x1a%.brogue.admin.v1.ListAdaptersResponse\x12[\n\x0cPublishModel\x12\".brogue.admin.v1.PublishModelChunk\x1a%.brogue.admin.v1.PublishModelResponse(\x01\x12K\n\x0b\x41ssignModel\x12#.brogue.admin.v1.AssignModelRequest\x1a\x17.brogue.admin.v1.Tenant\x12\x44\n\x08PinModel\x12 .brogue.admin.v1.PinModelRequest\x1a\x16.brogue.admin.v1.Model\x12U\n\nListModels\x12\".brogue.admin.v1.ListModelsRequest\x1a#.brogue.admin.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'brogue_admin_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PUBLISHADAPTERREQUEST']._serialized_start=40
-  _globals['_PUBLISHADAPTERREQUEST']._serialized_end=247
-  _globals['_ADAPTER']._serialized_start=250
-  _globals['_ADAPTER']._serialized_end=549
-  _globals['_ASSIGNADAPTERREQUEST']._serialized_start=551
-  _globals['_ASSIGNADAPTERREQUEST']._serialized_end=606
-  _globals['_BOOSTPHRASE']._serialized_start=608
-  _globals['_BOOSTPHRASE']._serialized_end=652
-  _globals['_SETTENANTBOOSTREQUEST']._serialized_start=654
-  _globals['_SETTENANTBOOSTREQUEST']._serialized_end=740
-  _globals['_TENANT']._serialized_start=743
-  _globals['_TENANT']._serialized_end=916
-  _globals['_LISTTENANTSREQUEST']._serialized_start=918
-  _globals['_LISTTENANTSREQUEST']._serialized_end=938
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=940
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=1003
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1005
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1026
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1028
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1094
-  _globals['_ADMIN']._serialized_start=1097
-  _globals['_ADMIN']._serialized_end=1535
+  _globals['_PUBLISHADAPTERREQUEST']._serialized_end=262
+  _globals['_ADAPTER']._serialized_start=265
+  _globals['_ADAPTER']._serialized_end=564
+  _globals['_ASSIGNADAPTERREQUEST']._serialized_start=566
+  _globals['_ASSIGNADAPTERREQUEST']._serialized_end=621
+  _globals['_BOOSTPHRASE']._serialized_start=623
+  _globals['_BOOSTPHRASE']._serialized_end=667
+  _globals['_SETTENANTBOOSTREQUEST']._serialized_start=669
+  _globals['_SETTENANTBOOSTREQUEST']._serialized_end=755
+  _globals['_TENANT']._serialized_start=758
+  _globals['_TENANT']._serialized_end=946
+  _globals['_LISTTENANTSREQUEST']._serialized_start=948
+  _globals['_LISTTENANTSREQUEST']._serialized_end=968
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=970
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1033
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1035
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1056
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1058
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1124
+  _globals['_MODELFILE']._serialized_start=1126
+  _globals['_MODELFILE']._serialized_end=1187
+  _globals['_PUBLISHMODELHEADER']._serialized_start=1190
+  _globals['_PUBLISHMODELHEADER']._serialized_end=1385
+  _globals['_PUBLISHMODELCHUNK']._serialized_start=1387
+  _globals['_PUBLISHMODELCHUNK']._serialized_end=1503
+  _globals['_MODEL']._serialized_start=1506
+  _globals['_MODEL']._serialized_end=1834
+  _globals['_PUBLISHMODELRESPONSE']._serialized_start=1836
+  _globals['_PUBLISHMODELRESPONSE']._serialized_end=1920
+  _globals['_ASSIGNMODELREQUEST']._serialized_start=1922
+  _globals['_ASSIGNMODELREQUEST']._serialized_end=1990
+  _globals['_PINMODELREQUEST']._serialized_start=1992
+  _globals['_PINMODELREQUEST']._serialized_end=2040
+  _globals['_LISTMODELSREQUEST']._serialized_start=2042
+  _globals['_LISTMODELSREQUEST']._serialized_end=2061
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2063
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2145
+  _globals['_ADMIN']._serialized_start=2148
+  _globals['_ADMIN']._serialized_end=2913
 # @@protoc_insertion_point(module_scope)

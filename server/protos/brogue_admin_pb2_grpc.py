@@ -59,6 +59,26 @@ class AdminStub:
                 request_serializer=brogue__admin__pb2.ListAdaptersRequest.SerializeToString,
                 response_deserializer=brogue__admin__pb2.ListAdaptersResponse.FromString,
                 _registered_method=True)
+        self.PublishModel = channel.stream_unary(
+                '/brogue.admin.v1.Admin/PublishModel',
+                request_serializer=brogue__admin__pb2.PublishModelChunk.SerializeToString,
+                response_deserializer=brogue__admin__pb2.PublishModelResponse.FromString,
+                _registered_method=True)
+        self.AssignModel = channel.unary_unary(
+                '/brogue.admin.v1.Admin/AssignModel',
+                request_serializer=brogue__admin__pb2.AssignModelRequest.SerializeToString,
+                response_deserializer=brogue__admin__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.PinModel = channel.unary_unary(
+                '/brogue.admin.v1.Admin/PinModel',
+                request_serializer=brogue__admin__pb2.PinModelRequest.SerializeToString,
+                response_deserializer=brogue__admin__pb2.Model.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/brogue.admin.v1.Admin/ListModels',
+                request_serializer=brogue__admin__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=brogue__admin__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -105,6 +125,46 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishModel(self, request_iterator, context):
+        """Upload an exported model (a full fine-tune) to the model store as NAME@VERSION: the first
+        message is the header (every file with its size and SHA-256), the others carry the files'
+        bytes in order. The entry is stored only when every file arrived whole and hashes to what the
+        header declared, the files are a Brogue export, and the model fits the memory budget.
+        With `rollout`, the new version is then loaded, and the tenants on another version of NAME move
+        to it: their open streams finish on the old version, which is unloaded once drained.
+        INVALID_ARGUMENT: a partial or corrupt upload, not an export; RESOURCE_EXHAUSTED: over the
+        memory budget; ALREADY_EXISTS; FAILED_PRECONDITION: a rollout a tenant's adapter or boost
+        phrases do not fit (nothing is stored then), or a version Triton could not load (stored, no
+        tenant moved).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignModel(self, request, context):
+        """Point a tenant at a model version ("" = the deployment's base) and an adapter trained on that
+        model ("" = none). FAILED_PRECONDITION for an adapter of another model, or boost phrases the
+        model's vocabulary cannot write; NOT_FOUND for an unknown tenant, model or adapter. The model is
+        loaded before the tenant moves. Open streams keep their model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinModel(self, request, context):
+        """Pin a model version (kept loaded, never unloaded to make room) or unpin it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The deployment's base model and every version of the model store, with serving state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +192,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAdapters,
                     request_deserializer=brogue__admin__pb2.ListAdaptersRequest.FromString,
                     response_serializer=brogue__admin__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'PublishModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishModel,
+                    request_deserializer=brogue__admin__pb2.PublishModelChunk.FromString,
+                    response_serializer=brogue__admin__pb2.PublishModelResponse.SerializeToString,
+            ),
+            'AssignModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignModel,
+                    request_deserializer=brogue__admin__pb2.AssignModelRequest.FromString,
+                    response_serializer=brogue__admin__pb2.Tenant.SerializeToString,
+            ),
+            'PinModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinModel,
+                    request_deserializer=brogue__admin__pb2.PinModelRequest.FromString,
+                    response_serializer=brogue__admin__pb2.Model.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=brogue__admin__pb2.ListModelsRequest.FromString,
+                    response_serializer=brogue__admin__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +349,114 @@ class Admin:
             '/brogue.admin.v1.Admin/ListAdapters',
             brogue__admin__pb2.ListAdaptersRequest.SerializeToString,
             brogue__admin__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/brogue.admin.v1.Admin/PublishModel',
+            brogue__admin__pb2.PublishModelChunk.SerializeToString,
+            brogue__admin__pb2.PublishModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brogue.admin.v1.Admin/AssignModel',
+            brogue__admin__pb2.AssignModelRequest.SerializeToString,
+            brogue__admin__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brogue.admin.v1.Admin/PinModel',
+            brogue__admin__pb2.PinModelRequest.SerializeToString,
+            brogue__admin__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/brogue.admin.v1.Admin/ListModels',
+            brogue__admin__pb2.ListModelsRequest.SerializeToString,
+            brogue__admin__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
