@@ -197,6 +197,19 @@ def test_a_tenant_on_a_full_model_gets_its_transcript_beside_adapter_and_base_te
     models = stack.models()
     assert models["ward@v1"].instances_loaded == 1 and set(models["ward@v1"].tenants) == {"ward", "clinic", "lab"}
     assert models[""].base and models[""].pinned and models["ward@v1"].serving_bytes > 0
+    # a batch job of the tenant, through OpenAI's client: the same model version
+    import io
+
+    import soundfile as sf
+    from openai import OpenAI
+
+    wav = io.BytesIO()
+    sf.write(wav, audio[0], 16000, format="WAV", subtype="PCM_16")
+    client = OpenAI(base_url=f"http://127.0.0.1:{stack.gw.http_port}/v1", api_key=KEYS["ward"], max_retries=0)
+    assert "ward@v1" in {m.id for m in client.models.list()}
+    for name in ("ward@v1", "whisper-1"):
+        r = client.audio.transcriptions.create(file=("a.wav", wav.getvalue()), model=name)
+        assert r.text.replace(" ", "") == ward.replace(" ", ""), name
 
 
 def test_rollout_under_load_drops_no_stream_and_unloads_v1_once_drained(stack, exports):

@@ -8,7 +8,9 @@ file opened as audio (400) -> :meth:`Gateway.run_stream` on its blocks, as fast 
 them -> the finals, rendered (:mod:`.formats`), or sent as Server-Sent Events while they arrive.
 
 ``model``: ``base`` (no adapter), the tenant's adapter (``NAME`` or ``NAME@VERSION``), or
-``whisper-1``, the tenant's default (its adapter, or base), so unmodified apps work. ``prompt``:
+``whisper-1``, the tenant's default (its adapter, or base), so unmodified apps work. For a tenant
+on a model version of the model store (a full fine-tune), ``base`` and that version's
+``NAME@VERSION`` both mean the version without an adapter. ``prompt``:
 boost phrases (:func:`brogue.boosting.phrases_from_prompt`).
 """
 
@@ -139,9 +141,13 @@ class OpenAIApi:
 
     # -- models ----------------------------------------------------------------------------------
 
-    def _created(self, adapter: str) -> int:
+    def _created(self, adapter: str, tenant: Tenant | None = None) -> int:
         if not adapter:
-            return int((self.gateway.meta.root / "model.json").stat().st_mtime)
+            root = self.gateway.meta.root
+            if tenant is not None and tenant.model:
+                with contextlib.suppress(ValueError):  # ModelError: a missing version is refused when used
+                    root = self.gateway.models.describe(tenant.model).meta.root
+            return int((root / "model.json").stat().st_mtime)
         name, _, version = adapter.partition("@")
         try:
             manifest = json.loads((Path(self.gateway.config.store_dir) / name / version / "manifest.json").read_text())
@@ -155,6 +161,8 @@ class OpenAIApi:
         """The models ``tenant`` may name, each with the adapter it decodes with (``""``: base).
         The adapter's bare name is accepted too (:meth:`resolve_model`) but not listed."""
         ids = {WHISPER_ALIAS: tenant.adapter, BASE: ""}
+        if tenant.model:  # the tenant's own model version, without its adapter
+            ids[tenant.model] = ""
         if tenant.adapter:
             ids[tenant.adapter] = tenant.adapter
         return ids
@@ -175,7 +183,7 @@ class OpenAIApi:
 
     def _model_object(self, tenant: Tenant, model_id: str, adapter: str) -> dict:
         owner = "brogue" if not adapter or model_id == WHISPER_ALIAS else f"tenant:{tenant.name}"
-        return {"id": model_id, "object": "model", "created": self._created(adapter), "owned_by": owner}
+        return {"id": model_id, "object": "model", "created": self._created(adapter, tenant), "owned_by": owner}
 
     def models(self, tenant: Tenant) -> dict:
         return {"object": "list", "data": [self._model_object(tenant, m, a) for m, a in self.model_ids(tenant).items()]}
