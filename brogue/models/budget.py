@@ -18,11 +18,13 @@ from pathlib import Path
 from brogue.engine.metadata import ModelMeta
 
 MiB = 1 << 20
-# RSS of a python-backend stub serving the demo model with empty pool and bank rows untouched, less
-# its weights: the interpreter, numpy, ONNX Runtime and Brogue's modules (measured, docs/models.md).
-PROCESS_BYTES = 150 * MiB
+# RSS of a python-backend process serving the demo model greedily, before any stream, less its
+# weights (126 MB measured, 28 MB of them weights): the interpreter, numpy, ONNX Runtime, Brogue.
+PROCESS_BYTES = 96 * MiB
 PRIVATE_WEIGHTS_BUDGET = 512 << 20  # the engine's rule (brogue.engine.runner.weights_mode)
-LM_BYTES_PER_FILE_BYTE = 12  # the character LM's tables against its gzipped text (measured)
+# The character LM's tables against its gzipped text: the demo's 452 KB lm.txt.gz added 100 MB to
+# the process's RSS (220 MB with the LM against 120 MB greedy, measured).
+LM_BYTES_PER_FILE_BYTE = 220
 
 
 @dataclass(frozen=True)
