@@ -97,6 +97,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     async def _abort(self, context, code: grpc.StatusCode, kind: str, message: str):
         self.gateway.metrics.errors.labels(kind, "admin").inc()
+        log.info("admin call refused (%s): %s", code.name, message)
         await context.abort(code, message)
 
     # -- calls -----------------------------------------------------------------------------------
