@@ -274,6 +274,25 @@ def _peak_rss_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
+def _base_model(model_path, model, train_manifest: Path, replay, threads: int | None, seed: int):
+    """Check the manifests (hours of ``train_manifest``), set threads and seed, restore the base
+    (unless ``model`` is given): ``(model, its fingerprint, hours)``."""
+    import lightning.pytorch as pl
+    import torch
+
+    from .nemo_model import fingerprint, load_nemo
+
+    hours = _check_manifest(train_manifest)
+    if replay is not None:
+        _check_manifest(Path(replay))
+    if threads:
+        torch.set_num_threads(threads)
+    pl.seed_everything(seed, verbose=False)
+    if model is None:
+        model = load_nemo(model_path)
+    return model, fingerprint(model), hours
+
+
 def train_adapter(
     model_path: str | Path,
     train_manifest: str | Path,
@@ -317,29 +336,19 @@ def train_adapter(
     """
     import tempfile
 
-    import lightning.pytorch as pl
-    import torch
     from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
 
     from brogue.adapters import AdapterRef, BaseSpec, read_adapter
 
     from .adapter import export_adapter
-    from .nemo_model import fingerprint, load_nemo
+    from .nemo_model import fingerprint
 
     AdapterRef(name, version or "v1")  # validate the name before spending minutes on training
     if not 0 <= domain_lm < 1:
         raise ValueError(f"domain LM weight must be in [0, 1) (0: none), not {domain_lm}")
     _check_options(replay_loss, distill_weight, batch_size, speed_perturb)
     train_manifest = Path(train_manifest)
-    hours = _check_manifest(train_manifest)
-    if replay is not None:
-        _check_manifest(Path(replay))
-    if threads:
-        torch.set_num_threads(threads)
-    pl.seed_everything(seed, verbose=False)
-    if model is None:
-        model = load_nemo(model_path)
-    base_fp = fingerprint(model)
+    model, base_fp, hours = _base_model(model_path, model, train_manifest, replay, threads, seed)
     d_model = int(model.encoder.d_model)
     full = f"encoder:{name}"
     model.add_adapter(name=full, cfg=LinearAdapterConfig(in_features=d_model, dim=dim))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .adapt import (_check_manifest, _check_options, _ctc_head, _fit, _loss_ends, _peak_rss_mb, _posteriors,
+from .adapt import (_base_model, _check_options, _ctc_head, _fit, _loss_ends, _peak_rss_mb, _posteriors,
                     _training_data, output_divergence)
 
 
@@ -135,12 +135,10 @@ def finetune(
     loading ``model_path`` (it is trained in place). The name, the options, the manifests, the
     output paths and the store entry are all checked before training.
     """
-    import lightning.pytorch as pl
-
     from brogue.models import ModelError, ModelRef, ModelStore
 
     from .nemo_export import export_model
-    from .nemo_model import fingerprint, load_nemo
+    from .nemo_model import fingerprint
 
     ref = ModelRef(name, version)  # validate the name before spending minutes on training
     _check_options(replay_loss, distill_weight, batch_size, speed_perturb)
@@ -158,15 +156,7 @@ def finetune(
         raise ModelError("exists", f"model {ref} is already in the store ({store}); entries are immutable, "
                                    "publish a new version")
     train_manifest = Path(train_manifest)
-    hours = _check_manifest(train_manifest)
-    if replay is not None:
-        _check_manifest(Path(replay))
-    if threads:
-        torch.set_num_threads(threads)
-    pl.seed_everything(seed, verbose=False)
-    if model is None:
-        model = load_nemo(model_path)
-    base_fp = fingerprint(model)
+    model, base_fp, hours = _base_model(model_path, model, train_manifest, replay, threads, seed)
     trainable = _unfreeze(model, tuple(freeze))
 
     with tempfile.TemporaryDirectory(prefix="brogue-finetune-") as tmp:

@@ -9,6 +9,7 @@ no tenant moved, a refused assignment leaves the tenants file as it was. Failure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -48,6 +49,19 @@ def _model_error(e: ModelError) -> AdminError:
     status = {"missing": "NOT_FOUND", "exists": "ALREADY_EXISTS", "too_big": "RESOURCE_EXHAUSTED",
               "wrong_base": "FAILED_PRECONDITION", "vocabulary": "FAILED_PRECONDITION"}.get(e.code, "INVALID_ARGUMENT")
     return AdminError(status, "model", f"{e.code}: {e}")
+
+
+@contextlib.contextmanager
+def _refusals():
+    """Map what the model checks raise to :class:`AdminError` (the rest passes through)."""
+    try:
+        yield
+    except ModelError as e:
+        raise _model_error(e) from None
+    except NoRoom as e:
+        raise AdminError("RESOURCE_EXHAUSTED", "model", f"too_big: {e}") from None
+    except ValueError as e:
+        raise AdminError("INVALID_ARGUMENT", "bad_request", str(e)) from None
 
 
 class ModelAdmin:
@@ -111,7 +125,7 @@ class ModelAdmin:
                 staging = store.stage(ref, files)
             except ModelError as e:
                 raise _model_error(e) from None
-            with staging:
+            with staging, _refusals():
                 try:
                     async for c in chunks:
                         if c.HasField("header"):
@@ -125,11 +139,9 @@ class ModelAdmin:
                     manifest = await asyncio.to_thread(
                         staging.commit, kind=h.kind or "full", description=h.description,
                         parent_fingerprint=h.parent_fingerprint, source=source)
-                except ModelError as e:
+                except (ModelError, NoRoom) as e:
                     log.info("admin PublishModel %s refused: %s", ref, e)
-                    raise _model_error(e) from None
-                except NoRoom as e:
-                    raise AdminError("RESOURCE_EXHAUSTED", "model", f"too_big: {e}") from None
+                    raise
             log.info("admin PublishModel: stored %s (%d MiB, fingerprint %s)", ref, manifest.size_bytes >> 20,
                      manifest.fingerprint[:19])
             if not moves:
@@ -169,7 +181,7 @@ class ModelAdmin:
             raise AdminError("NOT_FOUND", "bad_request", f"no tenant {tenant_name!r}")
         tenant = tenants[tenant_name]
         async with self._lock:
-            try:
+            with _refusals():
                 if model:
                     model = str(ModelRef.parse(model))
                 if adapter:
@@ -177,12 +189,6 @@ class ModelAdmin:
                 m = self.fleet.describe(model)
                 self._check_tenant_fits(tenant, m.meta, adapter, m.phrases())
                 self.fleet.check_fits(m.label, m.footprint)
-            except ModelError as e:
-                raise _model_error(e) from None
-            except NoRoom as e:
-                raise AdminError("RESOURCE_EXHAUSTED", "model", f"too_big: {e}") from None
-            except ValueError as e:
-                raise AdminError("INVALID_ARGUMENT", "bad_request", str(e)) from None
             if model:
                 await self._load(model)
             try:
@@ -194,17 +200,11 @@ class ModelAdmin:
         return updated
 
     async def pin(self, model: str, pinned: bool) -> pb.Model:
-        try:
+        with _refusals():
             ref = ModelRef.parse(model)
             m = self.fleet.describe(str(ref))
             if pinned:
                 self.fleet.check_fits(m.label, m.footprint)
-        except ModelError as e:
-            raise _model_error(e) from None
-        except NoRoom as e:
-            raise AdminError("RESOURCE_EXHAUSTED", "model", f"too_big: {e}") from None
-        except ValueError as e:
-            raise AdminError("INVALID_ARGUMENT", "bad_request", str(e)) from None
         now = set(self.gateway.tenants.pinned_models())
         now = now | {str(ref)} if pinned else now - {str(ref)}
         try:
