@@ -148,7 +148,8 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
           model_dir: Path | None = None, latencies: tuple[str, ...] = (),
           limits: ConnectionLimits = ConnectionLimits(), triton_timeout: float = 240.0,
           supervision: dict | None = None, upload_limits: UploadLimits = UploadLimits(),
-          memory_budget: int | None = None, triton_repository: Path | None = None) -> None:
+          memory_budget: int | None = None, triton_repository: Path | None = None,
+          model_config_name: str = "") -> None:
     """Start the bundled tritonserver (unless ``triton_urls`` are given) and the gateway; block.
 
     The bundled Triton serves ``model_dir`` (default ``MODEL_REPOSITORY/exported/demo``) at
@@ -159,7 +160,8 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
 
     ``memory_budget``: bytes per Triton instance for model versions (docs/models.md); None: 3/4 of
     this host's memory for the bundled Triton, no limit for instances at ``triton_urls``.
-    ``triton_repository``: where those instances see ``model_repository`` (default: the same path)."""
+    ``triton_repository``: where those instances see ``model_repository`` (default: the same path);
+    ``model_config_name``: the ``--model-config-name`` they run with (model versions get that config)."""
     import contextlib
     import signal
 
@@ -186,7 +188,8 @@ def serve(model_repository: Path, *, tenants: Path, triton_urls: list[str], list
         config = GatewayConfig(Path(model_dir), Path(tenants), tuple(triton_urls),
                                store_dir=Path(model_repository) / "adapters", latencies=tuple(latencies),
                                model_repository=Path(model_repository).resolve(),
-                               triton_repository=triton_repository, memory_budget=memory_budget)
+                               triton_repository=triton_repository, memory_budget=memory_budget,
+                               model_config_name=model_config_name)
         try:
             # the loop handles SIGTERM/SIGINT from here on, and drains before Triton is stopped
             asyncio.run(run_gateway(config, listen, limits, handle_signals=True, metrics=metrics,

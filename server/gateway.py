@@ -61,6 +61,7 @@ class GatewayConfig:
     latencies: tuple[str, ...] = ()  # the latencies Triton serves (its LATENCIES); () = all of the model's
     model_repository: Path | None = None  # default: model_dir's MODEL_REPOSITORY (model_dir is .../exported/NAME)
     triton_repository: Path | None = None  # the repository as the Triton instances see it; default the same
+    model_config_name: str = ""  # Triton's --model-config-name (e.g. "gpu"): the config versions are served with
     memory_budget: int | None = None  # bytes per Triton instance for model versions; None: no limit
     drain_interval: float = 2.0  # seconds between checks for drained model versions to unload
 
@@ -82,7 +83,8 @@ class Gateway:
         params = {"LATENCIES": ",".join(config.latencies)} if config.latencies else {}
         self.models = ModelFleet(
             config.model_dir, ModelStore(Path(config.model_repository) / "models"),
-            VersionModels(config.model_repository, triton_repository=config.triton_repository, parameters=params),
+            VersionModels(config.model_repository, triton_repository=config.triton_repository, parameters=params,
+                          config_name=config.model_config_name),
             self.pool, budget=MemoryBudget(config.memory_budget) if config.memory_budget else None,
             referenced=self.tenants.models_in_use, pinned=self.tenants.pinned_models, latencies=config.latencies,
             drain_interval=config.drain_interval)

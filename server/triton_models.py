@@ -40,25 +40,28 @@ class VersionModels:
     ``model_repository``: where the gateway reads the repository (the template model
     ``asr_streaming`` and the model store ``models/``); ``triton_repository``: the same folder as
     the Triton instances see it (default: the same path); ``parameters``: config parameters that
-    this deployment serves every model with (``LATENCIES``, for instance).
+    this deployment serves every model with (``LATENCIES``, for instance); ``config_name``: the
+    template's config as Triton loads it (``--model-config-name``, e.g. ``gpu``: the GPU settings of
+    ``asr_streaming/configs/gpu.pbtxt``; "" for ``config.pbtxt``).
     """
 
     def __init__(self, model_repository: str | Path, *, triton_repository: str | Path | None = None,
-                 parameters: Mapping[str, str] | None = None):
+                 parameters: Mapping[str, str] | None = None, config_name: str = ""):
         self.model_repository = Path(model_repository).resolve()
         self.triton_repository = Path(triton_repository) if triton_repository else self.model_repository
         self.template = self.model_repository / BASE_MODEL
         self.parameters = dict(parameters or {})
+        self.config_name = config_name
 
     def settings(self) -> dict[str, str]:
         """The serving parameters every version gets (the template's, with this deployment's)."""
-        config = read_config(self.template)
+        config = read_config(self.template, self.config_name)
         out = {k: v.string_value for k, v in config.parameters.items()}
         out.update(self.parameters)
         return out
 
     def config_json(self, ref: ModelRef) -> str:
-        config = read_config(self.template)
+        config = read_config(self.template, self.config_name)
         config.name = triton_name(ref)
         for key, value in self.parameters.items():
             config.parameters[key].string_value = str(value)

@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
-def read_config(model_folder: str | Path):
-    """The ``ModelConfig`` of ``model_folder/config.pbtxt``."""
+def read_config(model_folder: str | Path, config_name: str = ""):
+    """The ``ModelConfig`` of ``model_folder/config.pbtxt``, or of ``configs/NAME.pbtxt`` for a
+    ``config_name`` (what ``tritonserver --model-config-name=NAME`` loads)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    path = Path(model_folder) / "config.pbtxt"
+    folder = Path(model_folder)
+    path = folder / "configs" / f"{config_name}.pbtxt" if config_name else folder / "config.pbtxt"
     try:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except FileNotFoundError:

@@ -247,3 +247,25 @@ def test_tenants_name_model_versions_and_pins(tmp_path):
     path.write_text(text.replace('model = "ward@v2"', 'model = "ward"', 1))
     with pytest.raises(ValueError, match="tenant a: invalid model reference"):
         TenantRegistry(path)
+
+
+def test_a_version_is_loaded_with_the_deployments_config_and_absolute_paths(tmp_path):
+    from brogue.server.triton_models import VersionModels, triton_name
+
+    repo = tmp_path / "repo"
+    shutil.copytree(DEMO.parent.parent / "asr_streaming", repo / "asr_streaming",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    gpu = (repo / "asr_streaming" / "config.pbtxt").read_text().replace('string_value: "cpu"', 'string_value: "torch-cuda"')
+    (repo / "asr_streaming" / "configs").mkdir()
+    (repo / "asr_streaming" / "configs" / "gpu.pbtxt").write_text(gpu)
+    ref = ModelRef("ward", "v2")
+    for name, provider in (("", "cpu"), ("gpu", "torch-cuda")):
+        v = VersionModels(repo, triton_repository="/models", parameters={"LATENCIES": "72_5"}, config_name=name)
+        config = json.loads(v.config_json(ref))
+        params = {k: p.get("string_value", "") for k, p in config["parameters"].items()}  # proto3 JSON omits ""
+        assert config["name"] == triton_name(ref) == "asr_streaming@ward@v2"
+        assert params["MODEL_DIR"] == "/models/models/ward/v2" and params["ADAPTER_STORE"] == "/models/adapters"
+        assert params["EXECUTION_PROVIDER"] == provider and params["LATENCIES"] == "72_5"
+        assert v.settings()["LATENCIES"] == "72_5"
+        assert v.files()["file:1/model.py"] == (repo / "asr_streaming" / "1" / "model.py").read_bytes()
+        assert config["sequence_batching"]["control_input"]  # the rest of the config comes along

@@ -61,6 +61,8 @@ def serve(
                                                      "with the bundled Triton, no limit with --triton-url)."),
     triton_repository: Optional[Path] = typer.Option(None, help="Where the --triton-url instances see the model "
                                                                 "repository (default: the same path)."),
+    model_config_name: str = typer.Option("", help="The --model-config-name of the --triton-url instances (e.g. gpu): "
+                                                   "model versions are loaded with asr_streaming/configs/NAME.pbtxt."),
     log_level: str = typer.Option("INFO"),
 ):
     """Start Triton (bundled, or --triton-url) and the gateway: WebSocket, Riva gRPC, admin, metrics."""
@@ -83,7 +85,7 @@ def serve(
                                               keepalive_seconds=keepalive_seconds),
                       upload_limits=UploadLimits(max_file_bytes=int(max_upload_mb * 1e6)),
                       memory_budget=int(memory_budget_mb * (1 << 20)) if memory_budget_mb else None,
-                      triton_repository=triton_repository)
+                      triton_repository=triton_repository, model_config_name=model_config_name)
     except (ModelMismatch, ValueError, TritonNotFound, TritonServerError) as e:
         _fail(str(e))
 
