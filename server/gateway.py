@@ -25,7 +25,6 @@ from brogue.audio.codecs import AudioFormatError
 from brogue.boosting import merge, to_wire
 from brogue.errors import ErrorCode
 from brogue.engine.metadata import ModelMeta
-
 from brogue.models import MemoryBudget, ModelError, ModelStore, NoRoom
 
 from .metrics import Metrics
