@@ -330,6 +330,27 @@ def test_a_vocabulary_the_tenants_boost_phrases_need_is_checked(stack, exports):
     assert ready["model"] == clinic and text == reference(stack.root / "models" / clinic.replace("@", "/"), pcm)
 
 
+def test_model_versions_load_again_after_triton_restarts(stack):
+    """A restarted Triton comes back with the base model only; the next stream on a version loads it."""
+    with stack.admin() as c:
+        model = {t.name: t for t in c.tenants()}["ward"].model
+    stack.triton.stop()
+    stack.triton.start(timeout=240)
+    pcm = pcm16(demo_speech(np.random.default_rng(9), 3.0))
+    deadline, last = time.monotonic() + 60, None
+    while time.monotonic() < deadline:  # until the gateway has admitted the instance again
+        try:
+            ready, _, text = asyncio.run(ws_stream(stack.gw.ws_url, KEYS["ward"], pcm))
+            break
+        except Exception as e:  # noqa: BLE001 - refused (unavailable) while the instance rejoins
+            last = e
+            time.sleep(0.5)
+    else:
+        raise AssertionError(f"no stream on {model} after the restart: {last}")
+    assert ready["model"] == model and text == reference(stack.root / "models" / model.replace("@", "/"), pcm)
+    assert stack.models()[model].instances_loaded == 1
+
+
 # -- the memory budget ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
