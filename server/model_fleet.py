@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class ModelFleet:
         self.base = ServedModel("", BASE_MODEL, meta, estimate_footprint(base_dir, **self.settings),
                                 meta.served_latencies(list(latencies)), loaded_on=set(pool.urls))
         self.models: dict[str, ServedModel] = {"": self.base}
+        self._describing = threading.Lock()  # describe() also runs in admin worker threads
         self._lock = asyncio.Lock()  # loads, unloads and budget decisions, one at a time
         pool.on_admit = self.forget
         pool.model_gone = self._model_gone
@@ -127,6 +129,11 @@ class ModelFleet:
         m = self.models.get(key)
         if m is not None:
             return m
+        with self._describing:  # one ServedModel per key: its live count must be the only one
+            m = self.models.get(key)
+            return m if m is not None else self._describe(key)
+
+    def _describe(self, key: str) -> ServedModel:
         ref = ModelRef.parse(key)  # ValueError for a malformed one
         self.store.read(ref)  # ModelError: missing, incomplete
         folder = self.store.path(ref)
