@@ -82,8 +82,8 @@ def _prepare(work: Path, sets) -> Stack:
     for kind, refs in (("a", adapter_refs), ("f", model_refs)):
         for i, ref in enumerate(refs):
             key = "adapter" if kind == "a" else "model"
-            lines += [f"[tenants.{kind}{i}]", f'api_keys_sha256 = ["{key_hash(f"bench-{kind}{i}")}"]', f'{key} = "{ref}"',
-                      "max_streams = 64", "max_stream_seconds = 36000", ""]
+            lines += [f"[tenants.{kind}{i}]", f'api_keys_sha256 = ["{key_hash(f"bench-{kind}{i}")}"]',
+                      f'{key} = "{ref}"', "max_streams = 64", "max_stream_seconds = 36000", ""]
     stack.tenants_file.write_text("\n".join(lines))
     stack.adapter_refs, stack.model_refs = adapter_refs, model_refs
     return stack

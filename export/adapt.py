@@ -22,15 +22,21 @@ from brogue.clients.eval import read_manifest
 
 
 @dataclass
-class AdaptResult:
-    manifest: object  # brogue.adapters.Manifest of the stored entry
-    entry: Path
+class TrainingRun:
+    """How a training run went: what an adapter and a full fine-tune both report."""
+
     steps: int
     seconds: float
     first_loss: float
     last_loss: float
     train_hours: float
     peak_rss_mb: int
+
+
+@dataclass
+class AdaptResult(TrainingRun):
+    manifest: object  # brogue.adapters.Manifest of the stored entry
+    entry: Path
 
 
 def _data_config(model, manifest: Path, batch_size: int, max_duration: float, speed_perturb: float = 0.0) -> dict:

@@ -19,21 +19,15 @@ from pathlib import Path
 
 import torch
 
-from .adapt import (_base_model, _check_options, _ctc_head, _fit, _loss_ends, _peak_rss_mb, _posteriors,
-                    _training_data, output_divergence)
+from .adapt import (TrainingRun, _base_model, _check_options, _ctc_head, _fit, _loss_ends, _peak_rss_mb,
+                    _posteriors, _training_data, output_divergence)
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(TrainingRun):
     nemo: Path
     export_dir: Path
     manifest: object  # brogue.models.ModelManifest of the stored entry, or None (no store)
-    steps: int
-    seconds: float
-    first_loss: float
-    last_loss: float
-    train_hours: float
-    peak_rss_mb: int
     trainable: int  # parameters trained
     fingerprint: str
     parent_fingerprint: str
