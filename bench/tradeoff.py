@@ -44,6 +44,7 @@ TRAIN = {  # the demo recipe's adapter settings (recipes/make_demo.sh); the fine
     "batch_size": 16, "replay_fraction": 0.5, "replay_loss": "distill", "distill_weight": 5.0,
 }
 ADAPTER_LR, FULL_LR = 3e-3, 2e-4
+METHODS = ("adapter", "full")
 
 
 def _load(work: Path) -> dict:
@@ -61,7 +62,7 @@ def _dir_bytes(path: Path) -> int:
 
 # -- phase: train ---------------------------------------------------------------------------------
 
-def train_one(kind: str, name: str, data: Path, work: Path, steps: int) -> dict:
+def train_one(kind: str, name: str, data: Path, work: Path, steps: int, full_lr: float = FULL_LR) -> dict:
     """Train one adapter or fine-tune (in this process) and return its record."""
     import resource
 
@@ -78,25 +79,26 @@ def train_one(kind: str, name: str, data: Path, work: Path, steps: int) -> dict:
         from brogue.export.finetune import finetune
 
         r = finetune(base, manifest, name, out_nemo=work / "nemo" / f"{name}.nemo", export_dir=work / "exports" / name,
-                     store=work / "models", version="v1", steps=steps, lr=FULL_LR, warmup=30, replay=replay,
+                     store=work / "models", version="v1", steps=steps, lr=full_lr, warmup=30, replay=replay,
                      progress=False, **TRAIN)
         entry, seconds = work / "models" / name / "v1", r.seconds
-    return {"kind": kind, "set": name, "steps": r.steps, "train_seconds": round(seconds, 1),
-            "wall_seconds": round(time.time() - t0, 1), "first_loss": round(r.first_loss, 3),
+    return {"kind": kind, "set": name, "lr": ADAPTER_LR if kind == "adapter" else full_lr, "steps": r.steps,
+            "train_seconds": round(seconds, 1), "wall_seconds": round(time.time() - t0, 1), "first_loss": round(r.first_loss, 3),
             "last_loss": round(r.last_loss, 3), "entry": str(entry), "disk_bytes": _dir_bytes(entry),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def phase_train(data: Path, work: Path, sets, steps: int) -> None:
+def phase_train(data: Path, work: Path, sets, steps: int, methods=METHODS, full_lr: float = FULL_LR) -> None:
     results = _load(work)
     for name in sets:
-        for kind in ("adapter", "full"):
+        for kind in methods:
             key = f"train/{kind}/{name}"
             if key in results:
                 continue
             out = work / f"{kind}-{name}.json"
             cmd = [sys.executable, "-m", "brogue.bench.tradeoff", "--data", str(data), "--work", str(work),
-                   "--train-one", kind, name, "--steps", str(steps), "--out", str(out)]
+                   "--train-one", kind, name, "--steps", str(steps),
+                   "--full-lr", str(full_lr), "--out", str(out)]
             print(f"training {kind} {name} ...", flush=True)
             subprocess.run(cmd, check=True, stdout=(work / f"{kind}-{name}.log").open("w"), stderr=subprocess.STDOUT)
             results = _load(work)
@@ -107,7 +109,7 @@ def phase_train(data: Path, work: Path, sets, steps: int) -> None:
 
 # -- phase: eval ----------------------------------------------------------------------------------
 
-def phase_eval(data: Path, work: Path, sets) -> None:
+def phase_eval(data: Path, work: Path, sets, methods=METHODS) -> None:
     from brogue.clients.eval import evaluate, make_runner
 
     results = _load(work)
@@ -118,7 +120,7 @@ def phase_eval(data: Path, work: Path, sets) -> None:
                                                             decoder="greedy").wer, 4) for s in (*sets, "base")}
         _save(work, results)
     for name in sets:
-        for kind in ("adapter", "full"):
+        for kind in methods:
             key = f"eval/{kind}/{name}"
             if key in results:
                 continue
@@ -143,8 +145,21 @@ def phase_serve(data: Path, work: Path, sets, json_out: Path | None) -> None:
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"results": results, "table": table}, indent=1) + "\n")
-    for row in table:
-        print(row)
+    print("\n".join(markdown(table)))
+
+
+def markdown(table: list[dict]) -> list[str]:
+    """The per-set rows of docs/models.md's table (WER as %: the base model's → the method's)."""
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    out = ["| set | method | WER on the set | WER on base speech | training | on disk |",
+           "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in table:
+        out.append(f"| {r['set']} | {r['method']} | {pct(r['own_wer_base_model'])} → {pct(r['own_wer'])} "
+                   f"| {pct(r['base_wer_base_model'])} → {pct(r['base_wer'])} | {r['train_seconds']} s "
+                   f"| {r['disk_mb']} MB |")
+    return out
 
 
 def main(argv=None) -> None:
@@ -154,18 +169,20 @@ def main(argv=None) -> None:
     ap.add_argument("--phase", choices=("train", "eval", "serve"))
     ap.add_argument("--sets", nargs="+", default=list(SETS))
     ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="phases train and eval")
+    ap.add_argument("--full-lr", type=float, default=FULL_LR, help="the full fine-tune's peak learning rate")
     ap.add_argument("--train-one", nargs=2, metavar=("KIND", "SET"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="phase serve: write the table's figures here")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     if a.train_one:
-        record = train_one(*a.train_one, a.data, a.work, a.steps)
+        record = train_one(*a.train_one, a.data, a.work, a.steps, a.full_lr)
         a.out.write_text(json.dumps(record, indent=1) + "\n")
     elif a.phase == "train":
-        phase_train(a.data, a.work, a.sets, a.steps)
+        phase_train(a.data, a.work, a.sets, a.steps, a.methods, a.full_lr)
     elif a.phase == "eval":
-        phase_eval(a.data, a.work, a.sets)
+        phase_eval(a.data, a.work, a.sets, a.methods)
     elif a.phase == "serve":
         phase_serve(a.data, a.work, a.sets, a.json)
 

@@ -4,9 +4,9 @@ full fine-tunes, in one real tritonserver behind one gateway (:class:`.stack.Sta
 The adapter tenants use the five trained adapters and three renamed copies, in one bank of the
 base model: one python-backend process, whose batches mix them. The full-model tenants use the five
 fine-tunes and three renamed copies: eight model versions, eight processes, each batching only its
-own tenant's streams. Memory is each process's RSS once every tenant has streamed (psutil); for the
-adapters, one bank slot (the bank is allocated at load, so the process does not grow as adapters
-arrive; the measured growth per adapter is reported beside it).
+own tenant's streams. Memory is each process's RSS once every tenant has streamed (psutil), beside
+the memory budget's estimate (:func:`brogue.models.estimate_footprint`); an adapter's own cost is its
+bank slot, allocated when the base model loads.
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from brogue.models import estimate_footprint
+from brogue.server.model_fleet import served_settings
 from brogue.server.tenants import key_hash
+from brogue.server.triton_models import VersionModels
 
 from .clients import pcm16_of, ws_stream
 from .stack import ADMIN_TOKEN, Stack
 
 REPO = Path(__file__).resolve().parent.parent
 TENANTS = 8
-STREAMS_PER_TENANT = 2
+STREAMS_PER_TENANT = 4
 RUNS = 3
 
 
@@ -47,7 +50,7 @@ def _stub_rss() -> dict[str, int]:
 
 
 def _clips(data: Path, n: int) -> list[bytes]:
-    """``n`` streams of audio, each three base-test clips end to end (about 8 s)."""
+    """``n`` streams of audio, each three base-test clips end to end (about 9 s)."""
     import soundfile as sf
 
     rows = [json.loads(line) for line in (data / "base_test.json").read_text().splitlines() if line.strip()]
@@ -112,8 +115,9 @@ def measure(data: Path, work: Path, sets) -> dict:
         before = _stub_rss()
         base_rss0 = before.get("asr_streaming_0_0", 0)
         # warm-up: every tenant streams once (adapters into the bank, model versions loaded)
+        first_round = {}
         for kind in ("a", "f"):
-            _, recs = asyncio.run(_round(stack, kind, clips))
+            first_round[kind], recs = asyncio.run(_round(stack, kind, clips))
             errors = [r.error for r in recs if r.error]
             if errors:
                 raise RuntimeError(f"warm-up of the {kind} tenants failed: {errors[:3]}")
@@ -131,6 +135,9 @@ def measure(data: Path, work: Path, sets) -> dict:
     versions = {ref: rss.get(f"asr_streaming@{ref}_0_0", 0) for ref in stack.model_refs}
     base_rss = rss.get("asr_streaming_0_0", 0)
     meta = stack.meta
+    settings = served_settings(VersionModels(stack.root).settings())
+    estimate = {"base": estimate_footprint(stack.root / "exported" / "demo", **settings).total,
+                "version": estimate_footprint(work / "models" / sets[0] / "v1", **settings).total}
     slot_bytes = meta.n_layers * (2 * meta.d_model + 2 * meta.max_adapter_dim * meta.d_model) * 4
 
     def throughput(kind):
@@ -138,15 +145,21 @@ def measure(data: Path, work: Path, sets) -> dict:
         return {"median_x_realtime": round(statistics.median(xs), 2), "range": [round(xs[0], 2), round(xs[-1], 2)],
                 "runs_seconds": [round(t, 2) for t in timings[kind]]}
 
+    ratios = sorted(f / a for a, f in zip(timings["a"], timings["f"]))  # full's seconds over adapters', run by run
     return {
+        "adapter_over_full_throughput": {"median": round(statistics.median(ratios), 2),
+                                         "range": [round(ratios[0], 2), round(ratios[-1], 2)]},
         "tenants": TENANTS, "streams_per_tenant": STREAMS_PER_TENANT, "audio_seconds_per_round": round(audio_s, 1),
         "adapter": {"base_process_rss_mb": round(base_rss / 2**20, 1),
-                    "base_process_rss_mb_before_adapters": round(base_rss0 / 2**20, 1),
-                    "rss_growth_per_adapter_mb": round((base_rss - base_rss0) / TENANTS / 2**20, 2),
+                    "base_process_rss_mb_before_streams": round(base_rss0 / 2**20, 1),
+                    "base_process_budget_estimate_mb": round(estimate["base"] / 2**20, 1),
                     "per_adapter_mb": round(slot_bytes / 2**20, 2),  # its bank slot (allocated at load)
+                    "first_round_seconds": round(first_round["a"], 2),  # includes loading 8 adapters
                     "throughput": throughput("a")},
         "full": {"process_rss_mb": {k: round(v / 2**20, 1) for k, v in versions.items()},
                  "per_model_mb": round(statistics.median(versions.values()) / 2**20, 1) if versions else None,
+                 "budget_estimate_mb": round(estimate["version"] / 2**20, 1),
+                 "first_round_seconds": round(first_round["f"], 2),  # includes loading 8 versions, one at a time
                  "throughput": throughput("f")},
     }
 
