@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import DEFAULT_MODEL_REPO, REPO, _fail, app, console
+from .common import (DEFAULT_MODEL_REPO, DISTILL_WEIGHT, REPLAY, REPLAY_FRACTION, REPLAY_LOSS, REPO, SPEED_PERTURB,
+                     _fail, app, console)
 
 
 def _recipe(name: str):
@@ -57,17 +58,13 @@ def adapt(
     kind: str = typer.Option("", help="Free text, e.g. 'accent' or 'domain'."),
     description: str = typer.Option("", help="Free text."),
     accelerator: str = typer.Option("cpu", help="Lightning accelerator: cpu or gpu."),
-    replay: Optional[Path] = typer.Option(None, help="Manifest of general speech (e.g. the base model's training "
-                                                     "set) mixed into training, so the adapter does not drift "
-                                                     "on other speakers."),
-    replay_fraction: float = typer.Option(0.25, help="Share of the training rows drawn from --replay."),
-    replay_loss: str = typer.Option("ctc", help="On the --replay rows: 'ctc' (learn their transcripts) or "
-                                                "'distill' (keep the base model's output on them)."),
-    distill_weight: float = typer.Option(1.0, help="Weight of the distillation loss (--replay-loss distill)."),
+    replay: Optional[Path] = REPLAY,
+    replay_fraction: float = REPLAY_FRACTION,
+    replay_loss: str = REPLAY_LOSS,
+    distill_weight: float = DISTILL_WEIGHT,
     domain_lm: float = typer.Option(0.0, help="Store the manifest's sentences as the adapter's domain LM, "
                                               "mixed into the model's LM at this prior weight (0: none)."),
-    speed_perturb: float = typer.Option(0.0, help="Play most training clips at a random speed in 1 +- this "
-                                                  "(more apparent speakers; 0: off)."),
+    speed_perturb: float = SPEED_PERTURB,
 ):
     """Train one tenant's LinearAdapter (base frozen) and write a validated adapter-store entry."""
     from brogue.export.adapt import train_adapter

@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 
 from .adapters import _TLS_CA, _admin_call
-from .common import DEFAULT_MODEL_REPO, _fail, app, console
+from .common import (DEFAULT_MODEL_REPO, DISTILL_WEIGHT, REPLAY, REPLAY_FRACTION, REPLAY_LOSS, SPEED_PERTURB, _fail,
+                     app, console)
 
 
 @app.command()
@@ -23,15 +24,11 @@ def finetune(
     lr: float = typer.Option(1e-4, help="Peak learning rate (every weight trains: far below an adapter's)."),
     warmup: int = typer.Option(15, help="Warmup steps (at most a fifth of --steps)."),
     max_duration: float = typer.Option(16.0, help="Skip clips longer than this (seconds)."),
-    replay: Optional[Path] = typer.Option(None, help="Manifest of general speech (e.g. the base model's training "
-                                                     "set) mixed into training, so the model does not drift "
-                                                     "on other speakers."),
-    replay_fraction: float = typer.Option(0.25, help="Share of the training rows drawn from --replay."),
-    replay_loss: str = typer.Option("ctc", help="On the --replay rows: 'ctc' (learn their transcripts) or "
-                                                "'distill' (keep the base model's output on them)."),
-    distill_weight: float = typer.Option(1.0, help="Weight of the distillation loss (--replay-loss distill)."),
-    speed_perturb: float = typer.Option(0.0, help="Play most training clips at a random speed in 1 +- this "
-                                                  "(more apparent speakers; 0: off)."),
+    replay: Optional[Path] = REPLAY,
+    replay_fraction: float = REPLAY_FRACTION,
+    replay_loss: str = REPLAY_LOSS,
+    distill_weight: float = DISTILL_WEIGHT,
+    speed_perturb: float = SPEED_PERTURB,
     freeze: Optional[List[str]] = typer.Option(None, "--freeze", help="Keep the weights whose name starts with "
                                                                       "this fixed too (repeatable), e.g. "
                                                                       "encoder.pre_encode."),
