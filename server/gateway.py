@@ -218,13 +218,14 @@ class Gateway:
         seq = None
         t_first_audio, busy, first_partial_seen = None, 0.0, False
         try:
+            version = model or self.tenant_model(tenant)  # acquired (loaded) below when not given
             try:
-                session = StreamSession(config, self.model_info(config.latency, model or self.tenant_model(tenant)))
+                session = StreamSession(config, self.model_info(config.latency, version))
             except AudioFormatError as e:
                 raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
             try:
                 boost = merge(tenant.boost, config.boost)
-                self.check_phrases(boost, model or self.tenant_model(tenant))
+                self.check_phrases(boost, version)
             except ValueError as e:  # BoostError, PhraseError
                 raise StreamError(ErrorCode.BAD_REQUEST, str(e)) from None
             if model is None:
