@@ -17,13 +17,15 @@ $(VENV)/.installed: pyproject.toml
 
 # The Debian packages the tests use: chromium (tests/test_browser.py drives it; Playwright cannot
 # download one), espeak-ng and sox (tests/test_corpus.py synthesises accent clips), wordnet-base (the
-# LM text). Installs the missing ones as root (or with sudo); otherwise stops with the command to run.
+# LM text and the medical glosses), hunspell-en-med (medical names: tests/test_corpus_heldout.py).
+# Installs the missing ones as root (or with sudo); otherwise stops with the command to run.
 system-packages:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox"; \
 	[ -f /usr/share/wordnet/data.noun ] || missing="$$missing wordnet-base"; \
+	[ -f /usr/share/hunspell/en_med_glut.dic ] || missing="$$missing hunspell-en-med"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
 	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; \
