@@ -44,6 +44,21 @@ class EvalResult:
     def n(self) -> int:
         return len(self.refs)
 
+    def breakdown(self, key: str) -> dict[str, dict]:
+        """WER and CER per value of the manifest field ``key`` (``family``, ``group``, ``voice``...):
+        ``{value: {"utterances", "wer", "cer"}}``, sorted by value; rows without the field count under
+        ``"-"``. Raises :class:`EvalError` when no row has the field."""
+        if not any(key in r for r in self.rows):
+            raise EvalError(f"no row of the manifest has a {key!r} field")
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            groups.setdefault(str(r.get(key, "-")), []).append(i)
+        out = {}
+        for value, ix in sorted(groups.items()):
+            wer, cer = error_rates([self.refs[i] for i in ix], [self.hyps[i] for i in ix])
+            out[value] = {"utterances": len(ix), "wer": wer, "cer": cer}
+        return out
+
 
 def read_manifest(path: str | Path, limit: int | None = None) -> list[dict]:
     """Rows of a NeMo manifest with ``audio_filepath`` made absolute (from the manifest's folder)."""

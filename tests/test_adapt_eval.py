@@ -206,3 +206,33 @@ def test_eval_fails_loudly_on_a_missing_adapter(demo_repo, tmp_path):
     res = CliRunner().invoke(app, ["eval", str(manifest), "--model-dir", str(demo_repo.model_dir),
                                    "--store", str(demo_repo.store_dir), "--adapter", "nobody@v1"])
     assert res.exit_code == 2 and "nobody" in res.output
+
+
+def test_eval_by_a_manifest_field_reports_each_group_and_they_add_up(demo_repo, tmp_path):
+    """``--by family`` prints one line per voice family, whose WERs weigh back to the whole set's."""
+    from brogue.clients.eval import evaluate
+
+    manifest = _tone_manifest(tmp_path / "data")
+    rows = [json.loads(line) for line in open(manifest)]
+    with open(manifest, "w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps(dict(r, family="odd" if i % 2 else "even")) + "\n")
+    res = CliRunner().invoke(app, ["eval", str(manifest), "--model-dir", str(demo_repo.model_dir),
+                                   "--store", str(demo_repo.store_dir), "--by", "family", "--decoder", "greedy"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert [ln.split(":")[0].strip() for ln in lines if ln.startswith("  family ")] == ["family even", "family odd"]
+    assert all("2 utterances, WER " in ln for ln in lines if ln.startswith("  family "))
+    r = evaluate(manifest, model_dir=demo_repo.model_dir, store=demo_repo.store_dir, decoder="greedy")
+    groups = r.breakdown("family")
+    words = {k: sum(len(r.refs[i].split()) for i in range(len(rows)) if (i % 2 == 1) == (k == "odd"))
+             for k in groups}
+    total = sum(g["wer"] * words[k] for k, g in groups.items()) / sum(words.values())
+    assert abs(total - r.wer) < 1e-9
+
+
+def test_eval_by_a_field_no_row_has_fails_loudly(demo_repo, tmp_path):
+    manifest = _tone_manifest(tmp_path / "data")
+    res = CliRunner().invoke(app, ["eval", str(manifest), "--model-dir", str(demo_repo.model_dir),
+                                   "--store", str(demo_repo.store_dir), "--by", "family"])
+    assert res.exit_code == 2 and "no row of the manifest has a 'family' field" in res.output

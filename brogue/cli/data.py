@@ -93,6 +93,9 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, help="Only the first N utterances."),
     show: int = typer.Option(0, help="Print the first N hypotheses."),
     decoder: str = typer.Option("auto", help="auto (LM beam search when the model has an LM), greedy, or lm."),
+    by: list[str] = typer.Option([], "--by", help="Also report WER per value of this manifest field (repeatable): "
+                                                   "family (voice family) and group (text source) on the held-out "
+                                                   "splits of recipes/corpus_heldout.py."),
 ):
     """Stream a manifest chunk by chunk through the exported model; last line: WER=<%> CER=<%>."""
     from brogue.clients.eval import EvalError, evaluate
@@ -100,6 +103,7 @@ def eval_cmd(
     try:
         r = evaluate(manifest, model_dir=model_dir, adapter=adapter, store=store, batch=batch, limit=limit,
                      decoder=decoder)
+        groups = {key: r.breakdown(key) for key in by}
     except EvalError as e:
         _fail(str(e))
     for ref, hyp in list(zip(r.refs, r.hyps))[:show]:
@@ -107,4 +111,8 @@ def eval_cmd(
     typer.echo(f"{r.n} utterances, {r.hours * 60:.1f} min of audio, {r.seconds:.1f} s "
                f"({r.hours * 3600 / max(r.seconds, 1e-9):.0f}x real time), adapter {r.adapter or 'none'}, "
                f"decoder {r.decoder}")
+    for key, rows in groups.items():
+        for value, g in rows.items():
+            typer.echo(f"  {key} {value}: {g['utterances']} utterances, "
+                       f"WER {g['wer'] * 100:.2f} CER {g['cer'] * 100:.2f}")
     typer.echo(f"WER={r.wer * 100:.2f} CER={r.cer * 100:.2f}")
