@@ -435,15 +435,21 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
     return summary
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+def run_cli(build_fn, doc: str, argv=None, workers: int = 2) -> None:
+    """The command line of a corpus recipe: ``--out --seed --workers --scale --only``, then
+    ``build_fn(out, seed, workers, scale, only=...)``'s summary printed as JSON."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="the corpus folder")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=workers, help="synthesis processes")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every set's size")
     ap.add_argument("--only", nargs="+", help="synthesise only these splits (e.g. base_dev)")
     a = ap.parse_args(argv)
-    print(json.dumps(build(a.out, a.seed, a.workers, a.scale, only=a.only), indent=1))
+    print(json.dumps(build_fn(a.out, a.seed, a.workers, a.scale, only=a.only), indent=1))
+
+
+def main(argv=None):
+    run_cli(build, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ other row is the same for the same seed.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import random
@@ -315,14 +314,8 @@ def build(out: Path, seed: int = 0, workers: int = 2, scale: float = 1.0, log=pr
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="the first corpus's folder")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=3, help="synthesis processes (Kokoro leaves a core a third idle)")
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every new set's size")
-    ap.add_argument("--only", nargs="+", help="write only these splits")
-    a = ap.parse_args(argv)
-    print(json.dumps(build(a.out, a.seed, a.workers, a.scale, only=a.only), indent=1))
+    # 3 synthesis processes: a Kokoro process leaves about a third of its core idle
+    corpus.run_cli(build, __doc__, argv, workers=3)
 
 
 if __name__ == "__main__":
