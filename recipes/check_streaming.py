@@ -3,7 +3,7 @@
     python recipes/check_streaming.py --nemo model_repo/demo.nemo --model-dir model_repo/exported/demo \
         --manifest /work/data/base_test.json --limit 40
     python recipes/check_streaming.py ... --manifest /work/data/german_test.json --adapter german@v1
-    python recipes/check_streaming.py ... --data /work/data --limit 0     # every split, own adapter
+    python recipes/check_streaming.py ... --data /work/data --limit 0     # every held-out split, own adapter
 
 NeMo side: ``CacheAwareStreamingAudioBuffer`` + ``conformer_stream_step`` chunk by chunk (the
 reference in tests/nemo_reference.py). Brogue side: ``StreamingRunner`` (numpy mel + ONNX Runtime),
@@ -35,8 +35,10 @@ def main(argv=None):
     ap.add_argument("--model-dir", type=Path, required=True)
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--manifest", type=Path, help="one manifest (with --adapter, or the base model alone)")
-    what.add_argument("--data", type=Path, help="the corpus: base_test alone, then each set's test split "
+    what.add_argument("--data", type=Path, help="the corpus: the base split alone, then each set's split "
                                                 "with its own adapter (the newest version in --store)")
+    ap.add_argument("--split", default="heldout", help="which split of each set with --data: heldout "
+                                                       "(recipes/corpus_heldout.py, the default) or test")
     ap.add_argument("--limit", type=int, default=40, help="utterances per manifest (0: all)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--adapter", default=None, help="NAME@VERSION in --store, on both sides")
@@ -52,8 +54,8 @@ def main(argv=None):
         pairs = [(a.manifest, a.adapter)]
     else:
         st = AdapterStore(a.store)
-        pairs = [(a.data / "base_test.json", None)]
-        pairs += [(a.data / f"{n}_test.json", f"{n}@{st.versions(n)[-1]}") for n in ADAPTED]
+        pairs = [(a.data / f"base_{a.split}.json", None)]
+        pairs += [(a.data / f"{n}_{a.split}.json", f"{n}@{st.versions(n)[-1]}") for n in ADAPTED]
     from brogue.export.nemo_model import load_nemo
 
     model = load_nemo(a.nemo)  # once: each entry is added to it once, then switched on alone

@@ -2,16 +2,18 @@
 
     python recipes/report.py --data /work/data            # evaluate, print, update docs/accuracy.md
 
-For each test split, under LM beam search (as served) and greedy decoding (the acoustic model
+For each split of the held-out set (``--splits heldout``, the default: voice families and text
+sources no training split has, written by recipes/corpus_heldout.py; ``--splits infamily``: the first
+corpus's test splits), under LM beam search (as served) and greedy decoding (the acoustic model
 alone): the exported base model alone and with every adapter (the split's own, and the other
 four: the table's wrong-adapter column is the one of them that does best on the split, the
 strictest sanity check; the full matrix follows the table), all streamed chunk by chunk through
 ``StreamingRunner`` exactly as ``brogue eval`` does; and pocketsphinx (the PyPI wheel's bundled
-en-us acoustic model, language model and dictionary) on the same audio. The base test split is also
-run with every adapter (none may raise its WER by over 10% relative), broken down by voice family,
-and reported for its flite/Festival/pico part, where pocketsphinx does best. pocketsphinx results
-are cached in DATA/pocketsphinx_<split>.json (``--no-cache`` recomputes). Results also go to
-recipes/accuracy.json.
+en-us acoustic model, language model and dictionary) on the same audio. The base split is also
+run with every adapter (none may raise its WER by over 10% relative); every split is broken down by
+voice family (the manifest's ``family`` field), for the base model alone and with its own adapter.
+pocketsphinx results are cached in DATA/pocketsphinx_<manifest>.json (``--no-cache`` recomputes).
+Results also go to recipes/accuracy.json (``--splits infamily``: recipes/accuracy-infamily.json).
 """
 
 from __future__ import annotations
@@ -25,22 +27,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 ADAPTED = ["scottish", "caribbean", "indian", "german", "medical"]
 KIND = {"scottish": "accent", "caribbean": "accent", "indian": "accent", "german": "accent", "medical": "domain"}
+# The held-out split (recipes/corpus_heldout.py: voice families and text sources no training split
+# has) is the one reported; the first corpus's in-family test splits are kept for comparison.
+SPLITS = {
+    "heldout": {"base": "base_heldout.json", "base_phone": "base_heldout_phone.json",
+                **{s: f"{s}_heldout.json" for s in ADAPTED}},
+    "infamily": {"base": "base_test.json", "base_ffp": "base_test_ffp.json", **{s: f"{s}_test.json" for s in ADAPTED}},
+}
+MARKER = {"heldout": "accuracy-table", "infamily": "accuracy-table-infamily"}
 START, END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
 SECTION = "## Accuracy of the demo model"
-INTRO = """The demo model (`model_repo/exported/demo`, source `model_repo/demo.nemo`) and its adapters
-(`model_repo/adapters/NAME/v1`) come from the recipe in `recipes/` (`recipes/make_demo.sh` runs it
-all): a synthetic corpus from Debian TTS voices (`brogue corpus`), a small cache-aware
-FastConformer-CTC trained on the base set only (`recipes/train_base.py`), a character LM from every
-wordnet sentence that no test or dev split speaks (`brogue lm`, weights tuned on the dev split; text
-only, 27k sentences, 24k of them spoken in base training), and one LinearAdapter per accent /
-domain set trained with the base frozen (`brogue adapt`: half of each batch is base training speech
-on which the adapted model is held to the base model's output, see "Replay" below; the domain
-adapter also carries its sentences as a domain LM). Two tables: as served (beam search with the LM),
-and the acoustic model alone (greedy, as NeMo's streaming decodes). Word error rates on the held-out
-test splits (unseen sentences, unseen speaker variants), streamed chunk by chunk through the
-exported model as `brogue eval` does; pocketsphinx is the PyPI wheel's en-us model on the same
-audio. Made by `python recipes/report.py --data DATA_DIR`; all speech is synthetic, so these numbers
-say how well adapters separate accents and domains, not how the model does on real speech."""
+INTRO = """Measured on the held-out split (recipes/corpus_heldout.py): voice families and text sources
+that no training split holds. `python recipes/report.py --data DATA_DIR` writes the tables; the
+section's text around them is kept."""
 
 
 def pocketsphinx_hyps(rows: list[dict], cache: Path | None) -> list[str]:
@@ -81,17 +80,19 @@ def main(argv=None):
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--only-pocketsphinx", action="store_true", help="fill the pocketsphinx cache and stop")
+    ap.add_argument("--splits", choices=sorted(SPLITS), default="heldout",
+                    help="heldout (voice families and text sources no training split has; the default) or "
+                         "infamily (the first corpus's test splits: unseen sentences, training's voice families)")
     a = ap.parse_args(argv)
 
     from brogue.clients.eval import read_manifest
 
-    splits = {"base": "base_test.json", "base_ffp": "base_test_ffp.json"}
-    splits.update({s: f"{s}_test.json" for s in ADAPTED})
+    splits = SPLITS[a.splits]
     rows = {s: read_manifest(a.data / m) for s, m in splits.items()}
     ps = {}
-    for s in splits:
+    for s, m in splits.items():
         t0 = time.time()
-        ps[s] = pocketsphinx_hyps(rows[s], None if a.no_cache else a.data / f"pocketsphinx_{s}.json")
+        ps[s] = pocketsphinx_hyps(rows[s], None if a.no_cache else a.data / f"pocketsphinx_{Path(m).stem}.json")
         print(f"pocketsphinx {s}: {time.time() - t0:.0f} s", flush=True)
     if a.only_pocketsphinx:
         return
@@ -124,17 +125,18 @@ def main(argv=None):
         checks = make_checks(splits_res)
         res.setdefault("tables", {})[decoder] = table
         res.setdefault("checks", {})[decoder] = checks
-        voices = ", ".join(f"{f} {pct(v['wer'])} ({v['utterances']})"
-                           for f, v in splits_res["base"]["base"].get("by_voice", {}).items())
         blocks += [f"**{TITLES[decoder]}**", "", table, "", f"Base test split with each adapter enabled: {each}.", "",
-                   f"Base test split by voice, base model alone (WER, utterances): {voices}.", "",
+                   "By voice family (WER, utterances; base model alone, then with the split's own adapter):", "",
+                   make_families(splits_res), "",
                    "Every adapter on every split (rows: test split; columns: adapter; bold: the split's own):", "",
                    make_matrix(splits_res), "", *[f"- {c}" for c in checks], ""]
-    a.out.write_text(json.dumps(res, indent=1) + "\n")
-    block = "\n".join([START, "", *blocks, END])
+    out = a.out if a.splits == "heldout" else a.out.with_name(a.out.stem + f"-{a.splits}.json")
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    start, end = (m.replace("accuracy-table", MARKER[a.splits]) for m in (START, END))
+    block = "\n".join([start, "", *blocks, end])
     print(block)
     if not a.no_readme:
-        update_readme(a.readme, block)
+        update_readme(a.readme, block, start, end)
 
 
 TITLES = {"lm": "Served decoding: CTC beam search with the character LM (and the medical adapter's domain LM)",
@@ -165,9 +167,9 @@ def evaluate_splits(runner, splits, rows, ps, slot, refs, decoder):
             return got
 
         t0 = time.time()
-        d["base"] = run(0, by_voice=s == "base")
+        d["base"] = run(0, by_voice=True)
         if s in ADAPTED or s == "base":
-            d["with_each_adapter"] = {n: run(slot[n]) | {"name": refs[n]} for n in ADAPTED}
+            d["with_each_adapter"] = {n: run(slot[n], by_voice=n == s) | {"name": refs[n]} for n in ADAPTED}
         if s in ADAPTED:
             d["adapter"] = d["with_each_adapter"][s]
             d["wrong_adapter"] = best_wrong(d, s)
@@ -179,7 +181,8 @@ def evaluate_splits(runner, splits, rows, ps, slot, refs, decoder):
 
 
 def make_table(res_splits) -> tuple[str, str]:
-    label = {"base": "base (all voices)", "base_ffp": "base: flite/Festival/pico part"}
+    label = {"base": "base (all voices)", "base_ffp": "base: flite/Festival/pico part",
+             "base_phone": "base, telephone path (8 kHz mu-law)"}
     lines = ["| test split | minutes | base WER | adapter WER | wrong-adapter WER | pocketsphinx WER |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for s, d in res_splits.items():
@@ -214,14 +217,26 @@ def voice_family(voice: str) -> str:
 
 
 def by_voice_family(rows: list[dict], texts: list[str], hyps: list[str]) -> dict:
-    """WER per voice family, from the manifest's ``voice`` field (the corpus recipe writes it)."""
+    """WER per voice family: the manifest's ``family`` field (recipes/corpus_heldout.py writes it),
+    else one made from its ``voice`` field (recipes/corpus.py writes that)."""
     from brogue.clients.eval import error_rates
 
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        groups.setdefault(voice_family(r.get("voice", "")), []).append(i)
+        groups.setdefault(r.get("family") or voice_family(r.get("voice", "")), []).append(i)
     return {f: {"utterances": len(ix), "wer": error_rates([texts[i] for i in ix], [hyps[i] for i in ix])[0]}
             for f, ix in sorted(groups.items())}
+
+
+def make_families(res_splits) -> str:
+    """One line per split: WER by voice family, base model alone (and with the split's own adapter)."""
+    lines = []
+    for s, d in res_splits.items():
+        own = d.get("adapter", {}).get("by_voice", {})
+        cells = [f"{f} {pct(v['wer'])}" + (f" -> {pct(own[f]['wer'])}" if f in own else "") + f" ({v['utterances']})"
+                 for f, v in d["base"].get("by_voice", {}).items()]
+        lines.append(f"- {s}: " + ", ".join(cells))
+    return "\n".join(lines)
 
 
 def best_wrong(d: dict, split: str) -> dict:
@@ -265,20 +280,22 @@ def make_checks(res_splits) -> list[str]:
         rel = (v["wer"] - b["base"]["wer"]) / max(b["base"]["wer"], 1e-9)
         checks.append(f"{n} adapter changes base-set WER by {rel * 100:+.0f}% relative (target <= +10%): "
                       f"{'met' if rel <= 0.10 else 'NOT met'}")
-    ffp = res_splits["base_ffp"]
     checks.append(f"base WER on the base test split {pct(b['base']['wer'])} (target < 15%): "
                   f"{'met' if b['base']['wer'] < 0.15 else 'NOT met'}")
-    checks.append(f"base WER {pct(ffp['base']['wer'])} vs pocketsphinx {pct(ffp['pocketsphinx']['wer'])} on the "
-                  f"flite/Festival/pico audio: {'met' if ffp['base']['wer'] < ffp['pocketsphinx']['wer'] else 'NOT met'}")
+    if "base_ffp" in res_splits:
+        ffp = res_splits["base_ffp"]
+        checks.append(f"base WER {pct(ffp['base']['wer'])} vs pocketsphinx {pct(ffp['pocketsphinx']['wer'])} on the "
+                      f"flite/Festival/pico audio: "
+                      f"{'met' if ffp['base']['wer'] < ffp['pocketsphinx']['wer'] else 'NOT met'}")
     return checks
 
 
-def update_readme(readme: Path, block: str) -> None:
-    """Replace the generated block inside the section; create the section before "## Docs" (or at
-    the end) if missing."""
+def update_readme(readme: Path, block: str, start: str = START, end: str = END) -> None:
+    """Replace the generated block between ``start`` and ``end``; create the section before "## Docs"
+    (or at the end) if missing."""
     text = readme.read_text()
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     elif "\n## Docs\n" in text:
         text = text.replace("\n## Docs\n", f"\n{SECTION}\n\n{INTRO}\n\n{block}\n\n## Docs\n", 1)
     else:

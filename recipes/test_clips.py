@@ -2,8 +2,8 @@
 
     python recipes/test_clips.py --data /work/data
 
-For each adapter, one short clip of its held-out test split on which the adapter lowers the
-character error rate the most; for the base model, the short base-test clip it transcribes best.
+For each adapter, one short clip of its held-out split (recipes/corpus_heldout.py) on which the adapter lowers the
+character error rate the most; for the base model, the short base held-out clip it transcribes best.
 These clips are *chosen* to show a difference: they are regression checks of the committed files,
 not accuracy measurements (the table in docs/accuracy.md is). Stored as 16 kHz FLAC in tests/data/demo (~0.2 MB).
 """
@@ -25,6 +25,7 @@ def main(argv=None):
     ap.add_argument("--store", type=Path, default=REPO / "model_repo" / "adapters")
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "data" / "demo")
     ap.add_argument("--max-seconds", type=float, default=2.8)
+    ap.add_argument("--split", default="heldout", help="which split of each set: heldout (default) or test")
     a = ap.parse_args(argv)
 
     import soundfile as sf
@@ -34,7 +35,7 @@ def main(argv=None):
     a.out.mkdir(parents=True, exist_ok=True)
     picked = []
     for s in ["base", *ADAPTED]:
-        rows = read_manifest(a.data / f"{s}_test.json")
+        rows = read_manifest(a.data / f"{s}_{a.split}.json")
         short = [r for r in rows if r["duration"] <= a.max_seconds]
         rows = short or sorted(rows, key=lambda r: r["duration"])[:10]  # medical sentences run long
         runner, _ = make_runner(a.model_dir, None if s == "base" else f"{s}@v1", a.store)
@@ -55,7 +56,7 @@ def main(argv=None):
         name = f"{s}.flac"
         sf.write(a.out / name, audios[i], 16000, format="FLAC", subtype="PCM_16")
         picked.append({"audio_filepath": name, "duration": r["duration"], "text": r["text"], "set": s,
-                       "voice": r.get("voice", "")})
+                       "voice": r.get("voice", ""), "family": r.get("family", "")})
         print(f"{s}: {r['text']!r} base CER {cb:.3f} gain {gain:.3f}")
     with open(a.out / "manifest.json", "w") as f:
         for p in picked:
