@@ -29,7 +29,7 @@ from test_websocket import pcm16, stream_ws
 
 DEMO = DEMO_REPO / "exported" / "demo"
 # (sentence, the phrase in it); the base model misses each phrase (checked below)
-SENTENCES = [("add gabapentin for the pain", "gabapentin"), ("give him metformin with food", "metformin")]
+SENTENCES = [("add gabapentin for the pain", "gabapentin"), ("start metformin with food", "metformin")]
 ABSENT = "atorvastatin"  # boosted on every clip, said in none
 BOOST = 16.0
 
