@@ -125,7 +125,7 @@ def main(argv=None):
         checks = make_checks(splits_res)
         res.setdefault("tables", {})[decoder] = table
         res.setdefault("checks", {})[decoder] = checks
-        blocks += [f"**{TITLES[decoder]}**", "", table, "", f"Base test split with each adapter enabled: {each}.", "",
+        blocks += [f"**{TITLES[decoder]}**", "", table, "", f"Base split with each adapter enabled: {each}.", "",
                    "By voice family (WER, utterances; base model alone, then with the split's own adapter):", "",
                    make_families(splits_res), "",
                    "Every adapter on every split (rows: test split; columns: adapter; bold: the split's own):", "",
@@ -280,7 +280,7 @@ def make_checks(res_splits) -> list[str]:
         rel = (v["wer"] - b["base"]["wer"]) / max(b["base"]["wer"], 1e-9)
         checks.append(f"{n} adapter changes base-set WER by {rel * 100:+.0f}% relative (target <= +10%): "
                       f"{'met' if rel <= 0.10 else 'NOT met'}")
-    checks.append(f"base WER on the base test split {pct(b['base']['wer'])} (target < 15%): "
+    checks.append(f"base WER on the base split {pct(b['base']['wer'])} (target < 15%): "
                   f"{'met' if b['base']['wer'] < 0.15 else 'NOT met'}")
     if "base_ffp" in res_splits:
         ffp = res_splits["base_ffp"]
