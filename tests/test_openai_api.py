@@ -689,8 +689,8 @@ def test_sigterm_lets_a_running_transcription_finish(demo_repo, triton_server, t
 
 @pytest.mark.nemo
 def test_the_prompt_boosts_its_phrases(gateway, demo_repo, tmp_path):
-    """A drug name the demo model misses (tests/test_boosting.py's clip, read by espeak-ng), found
-    once the prompt names it; equal to the in-process runner with the prompt's phrases."""
+    """A drug name the demo model misses (read by espeak-ng, as tests/test_boosting.py's clips), found
+    once the prompt names it (boost 8); equal to the in-process runner with the prompt's phrases."""
     import shutil
 
     import soundfile as sf
@@ -699,7 +699,7 @@ def test_the_prompt_boosts_its_phrases(gateway, demo_repo, tmp_path):
 
     assert shutil.which("espeak-ng") and shutil.which("sox"), "espeak-ng and sox are needed (make test installs them)"
     raw, wav_file = tmp_path / "raw.wav", tmp_path / "clip.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "add gabapentin for the pain"], check=True)
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "start gabapentin for the pain"], check=True)
     subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(wav_file)], check=True)
     audio, _ = sf.read(wav_file, dtype="float32")
     runner = _reference_runner(str(demo_repo.model_dir))
