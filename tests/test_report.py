@@ -65,7 +65,7 @@ def test_cut_harm_and_base_targets():
     assert "scottish adapter cuts WER by 38% relative (target >= 30%): met" in checks
     assert "german adapter cuts WER by 10% relative (target >= 30%): NOT met" in checks
     assert "medical adapter changes base-set WER by +15% relative (target <= +10%): NOT met" in checks
-    assert "base WER on the base test split 20.0% (target < 15%): NOT met" in checks
+    assert "base WER on the base split 20.0% (target < 15%): NOT met" in checks
     assert "base WER 25.0% vs pocketsphinx 30.0% on the flite/Festival/pico audio: met" in checks
 
 
